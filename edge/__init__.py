@@ -1,0 +1,1 @@
+"""Everything that runs on the device. Imports numpy, OpenCV and one inference back-end; never torch."""

@@ -1,0 +1,45 @@
+"""ONNX Runtime back-end: runs the exported .onnx on the CUDA provider when present, else the CPU."""
+from __future__ import annotations
+
+import numpy as np
+
+from edge.backends import Backend, BackendError
+
+_PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    precision = "fp32"
+
+    def __init__(self, model_path: str, threads: int = 0) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise BackendError("ONNX Runtime is not installed: pip install onnxruntime "
+                               "(or onnxruntime-gpu)") from None
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only; ORT's warnings are not actionable for users
+        if threads:
+            options.intra_op_num_threads = threads
+        available = onnxruntime.get_available_providers()
+        providers = [p for p in _PREFERRED_PROVIDERS if p in available]
+        try:
+            self.session = onnxruntime.InferenceSession(model_path, options, providers=providers)
+        except Exception as err:  # ORT raises its own exception types for bad files
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise BackendError(f"ONNX Runtime cannot load {model_path}: {first_line}") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        batch, channels, height, width = inputs[0].shape
+        if channels != 3 or height != width or not isinstance(height, int):
+            raise BackendError(f"{model_path} takes input {inputs[0].shape}; expected [N, 3, R, R]")
+        self.resolution = height
+        self.max_batch = batch if isinstance(batch, int) else 64
+        self.num_classes = outputs[0].shape[-1]
+        self.device = "cuda" if self.session.get_providers()[0].startswith("CUDA") else "cpu"
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]

@@ -1,0 +1,42 @@
+"""Shared command-line plumbing: one-line errors and exit codes for every entry script."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Optional
+
+
+class ToolkitError(Exception):
+    """An error the user can act on. Entry scripts print it as one line and exit with status 2."""
+
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def run_cli(main: Callable[[], Optional[int]], program: str) -> None:
+    """Call ``main`` and exit with its status; user errors become one line on stderr, no traceback.
+
+    Set CXR_DEBUG=1 to see the traceback of a user error too.
+    """
+    try:
+        status = main()
+    except ToolkitError as err:
+        if os.environ.get("CXR_DEBUG"):
+            raise
+        print(f"{program}: error: {err}", file=sys.stderr)
+        status = EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"\n{program}: interrupted", file=sys.stderr)
+        status = EXIT_INTERRUPTED
+    sys.exit(status or 0)
+
+
+def add_bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
+    """``--name`` / ``--no-name`` (argparse.BooleanOptionalAction needs Python 3.9; JetPack 5 has 3.8)."""
+    dest = name.replace("-", "_")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(f"--{name}", dest=dest, action="store_true", help=help)
+    group.add_argument(f"--no-{name}", dest=dest, action="store_false", help=f"turn --{name} off")
+    parser.set_defaults(**{dest: default})

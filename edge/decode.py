@@ -1,0 +1,132 @@
+"""Decode an image file into a single-channel array, reading no more than the network needs.
+
+Everything that reads pixels from disk (the data set import, the training cache, the device runner)
+comes through here, so "readable image" means the same thing everywhere.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+
+from edge.cli import ToolkitError
+
+# libjpeg can scale a JPEG down by 2, 4 or 8 while decoding (DCT scaling), far cheaper than a full
+# decode followed by a resize.
+_REDUCED_GREY_FLAGS = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8),
+                       (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+                       (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
+
+# Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) share the range
+# but are not frames.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01}
+
+
+class ImageDecodeError(ToolkitError, ValueError):
+    """A file that cannot be turned into pixels; the message says why in one line."""
+
+
+def read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:
+        raise ImageDecodeError(f"cannot read {path}: {err.strerror or err}") from None
+    if not data:
+        raise ImageDecodeError(f"{path} is empty (0 bytes)")
+    return data
+
+
+def is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
+
+
+def jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """(height, width) from a JPEG's start-of-frame header, or None if the header is unreadable.
+
+    OpenCV has no header-only query, and the size decides how far the decoder may scale down.
+    """
+    pos = 2
+    end = len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker in _SOF_MARKERS:
+            if pos + 9 > end:
+                return None
+            height = int.from_bytes(data[pos + 5:pos + 7], "big")
+            width = int.from_bytes(data[pos + 7:pos + 9], "big")
+            return (height, width) if height and width else None
+        if marker == 0xDA or length < 2:  # start of scan before any frame header
+            return None
+        pos += 2 + length
+    return None
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    # OpenCV 5 rejects a truncated JPEG, but the OpenCV 4.x that JetPack ships returns a partly grey
+    # image with only a warning. Entropy-coded data byte-stuffs 0xFF, so an end-of-image marker near
+    # the end of the file means the scan finished.
+    return b"\xff\xd9" in data[-1024:]
+
+
+def jpeg_reduction(data: bytes, min_side: int) -> int:
+    """The DCT scale-down factor (1, 2, 4 or 8) ``decode_grey`` uses for these bytes."""
+    size = jpeg_size(data) if min_side > 0 and is_jpeg(data) else None
+    if size is None:
+        return 1
+    short_side = min(size)
+    for factor, _ in _REDUCED_GREY_FLAGS:
+        if short_side // factor >= min_side:
+            return factor
+    return 1
+
+
+def decode_grey(data: bytes, name: str = "<bytes>", min_side: int = 0) -> np.ndarray:
+    """Decode encoded image bytes to a 2-D grey array (uint8, or uint16 for 16-bit files).
+
+    Colour is converted to grey, and alpha is treated as coverage over black. With ``min_side`` > 0,
+    a JPEG is decoded at the largest 1/2, 1/4 or 1/8 scale whose short side stays >= ``min_side``.
+    """
+    buffer = np.frombuffer(data, np.uint8)
+    if is_jpeg(data):
+        if not _jpeg_is_complete(data):
+            raise ImageDecodeError(f"{name} is a truncated JPEG (no end-of-image marker)")
+        flag = dict(_REDUCED_GREY_FLAGS).get(jpeg_reduction(data, min_side), cv2.IMREAD_GRAYSCALE)
+        image = cv2.imdecode(buffer, flag)
+    else:
+        image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ImageDecodeError(f"{name} is not a readable image (corrupt, truncated or unsupported format)")
+    return to_grey(image, name)
+
+
+def to_grey(image: np.ndarray, name: str = "<array>") -> np.ndarray:
+    """Collapse an OpenCV-decoded array (grey, BGR or BGRA; 8 or 16 bit) to one channel."""
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return image
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ImageDecodeError(f"{name} has an unsupported pixel layout {image.shape}")
+    grey = cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_BGR2GRAY)
+    if image.shape[2] == 4:
+        alpha = image[:, :, 3].astype(np.float32) / np.iinfo(image.dtype).max
+        grey = np.rint(grey.astype(np.float32) * alpha).astype(image.dtype)
+    return grey
+
+
+def read_grey(path: str, min_side: int = 0) -> np.ndarray:
+    """Read and decode an image file to a 2-D grey array; raises ImageDecodeError with a one-line reason."""
+    return decode_grey(read_bytes(path), os.path.basename(path) or path, min_side)

@@ -1,0 +1,1 @@
+"""Export: checkpoint -> ONNX (onnx_export), ONNX -> TensorRT engine (on the device)."""

@@ -1,0 +1,195 @@
+"""onnx_export.py: checkpoint -> self-describing, jetson-inference-compatible ONNX, verified before it is kept.
+
+    python3 onnx_export.py --model-dir models/pneumonia
+
+The ONNX takes ``input_0`` float32 [N, 3, R, R] (ImageNet-normalised, see edge/preprocess.py) and
+gives ``output_0`` float32 [N, C] softmax probabilities, jetson-inference's names and semantics, so
+``imagenet.py --model=.../resnet18.onnx --input_blob=input_0 --output_blob=output_0`` runs it too.
+
+Opset 13 (IR 7) by default: the newest opset that TensorRT 8.2 (JetPack 4.6, the last JetPack for the
+Jetson Nano) parses, and what every later TensorRT reads. The TorchScript exporter is used because
+torch's dynamo exporter cannot go below opset 18 (it silently keeps 18 when asked for 13).
+The batch dimension is fixed at 1 by default, as jetson-inference builds engines without an
+optimisation profile; ``--dynamic-batch`` makes it symbolic for this toolkit's batched runners.
+
+Before the file is kept, ONNX Runtime (the device runner's own back-end) classifies real images
+through the shared preprocessing and its probabilities are compared with torch's.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import os
+import warnings
+from typing import List, Optional, Tuple
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+
+from edge.atomic import atomic_path
+from edge.backends.ort_backend import OnnxRuntimeBackend
+from edge.cli import ToolkitError, add_bool_flag, run_cli
+from edge.model_info import ModelInfo
+from data.synthetic import synthetic_xray
+from edge.preprocess import PreprocessSpec, load_for_network, normalize, resize_to_network
+from edge.sources import is_image_name
+from train.checkpoint import BEST, load_checkpoint, preprocess_spec
+from train.main import positive_class_index
+from train.model import load_trained
+
+DEFAULT_OPSET = 13
+TOOLKIT = "cxr-jetson 0.1.0"
+VERIFY_IMAGES = 16
+
+
+class ExportError(ToolkitError):
+    """The export failed or did not verify."""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Export a trained checkpoint to ONNX (jetson-inference compatible) and verify it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model-dir", default="", help="folder of the checkpoint; --input/--output without a "
+                                                        "path are taken inside it")
+    parser.add_argument("--input", default=BEST, help="checkpoint to export")
+    parser.add_argument("--output", default="", help="ONNX file (default: <arch>.onnx)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (13 suits TensorRT 8.2+)")
+    add_bool_flag(parser, "dynamic-batch", False,
+                  "symbolic batch dimension (jetson-inference needs the default fixed batch of 1)")
+    parser.add_argument("--verify-images", default=None, metavar="DIR",
+                        help="images to verify on (default: the validation images the model was trained with)")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest allowed |probability difference| between ONNX Runtime and torch")
+    return parser
+
+
+def _in_model_dir(model_dir: str, path: str) -> str:
+    # jetson-inference's rule: a bare file name lives in --model-dir, a path is taken as given.
+    return os.path.join(model_dir, path) if model_dir and not os.path.dirname(path) else path
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_graph(model: nn.Module, resolution: int, path: str, opset: int, dynamic_batch: bool) -> None:
+    dummy = torch.zeros(1, 3, resolution, resolution)
+    axes = {"input_0": {0: "batch"}, "output_0": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+        torch.onnx.export(model, (dummy,), path, dynamo=False, opset_version=opset, input_names=["input_0"],
+                          output_names=["output_0"], dynamic_axes=axes, do_constant_folding=True)
+    graph = onnx.load(path)
+    exported = {entry.domain: entry.version for entry in graph.opset_import}.get("", None)
+    if exported != opset:
+        raise ExportError(f"asked for opset {opset} but the exporter wrote opset {exported}")
+    onnx.checker.check_model(graph)
+
+
+def _add_metadata(path: str, info: ModelInfo) -> None:
+    graph = onnx.load(path)
+    del graph.metadata_props[:]
+    for key, value in sorted(info.to_metadata().items()):
+        graph.metadata_props.add(key=key, value=value)
+    graph.producer_name, graph.producer_version = TOOLKIT.split()
+    graph.doc_string = "Chest X-ray classifier; softmax probabilities in label order. Not a diagnostic device."
+    onnx.save(graph, path)
+
+
+def _verification_images(folder: Optional[str], spec: PreprocessSpec) -> Tuple[np.ndarray, str]:
+    """Up to VERIFY_IMAGES real images spread over ``folder``, as uint8 network-size arrays."""
+    paths: List[str] = []
+    if folder and os.path.isdir(folder):
+        for root, dirs, files in os.walk(folder, followlinks=True):
+            dirs.sort()
+            paths.extend(os.path.join(root, f) for f in sorted(files) if is_image_name(f))
+    if paths:
+        chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, min(VERIFY_IMAGES, len(paths))).astype(int)]
+        images = []
+        for path in chosen:
+            try:
+                images.append(load_for_network(path, spec))
+            except ToolkitError:
+                continue
+        if images:
+            return np.stack(images), f"{len(images)} images from {folder}"
+    # No data at hand (e.g. a checkpoint copied alone): drawn X-ray-like pictures still exercise the graph.
+    rng = np.random.default_rng(0)
+    pictures = [synthetic_xray(rng, i % 2 == 1, spec.resolution * 2, spec.resolution * 2) for i in range(8)]
+    return np.stack([resize_to_network(p, spec) for p in pictures]), "8 synthetic images (no data folder found)"
+
+
+def verify(model: nn.Module, onnx_path: str, images: np.ndarray, spec: PreprocessSpec, dynamic_batch: bool) -> float:
+    """Largest |probability difference| between torch and ONNX Runtime over ``images``."""
+    batch = normalize(images, spec)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(batch)).numpy()
+    backend = OnnxRuntimeBackend(onnx_path)
+    if dynamic_batch:
+        actual = backend.infer(batch)
+    else:
+        actual = np.concatenate([backend.infer(batch[i:i + 1]) for i in range(len(batch))])
+    return float(np.max(np.abs(actual - expected)))
+
+
+def export(args: argparse.Namespace) -> str:
+    checkpoint_path = _in_model_dir(args.model_dir, args.input)
+    checkpoint = load_checkpoint(checkpoint_path)
+    classes = list(checkpoint.get("classes") or [f"class #{i}" for i in range(checkpoint["num_classes"])])
+    spec = preprocess_spec(checkpoint)
+    model = load_trained(checkpoint["arch"], len(classes), checkpoint["state_dict"])
+    activation = nn.Sigmoid() if checkpoint.get("multi_label") else nn.Softmax(dim=1)
+    wrapped = nn.Sequential(model, activation).eval()
+    output = _in_model_dir(args.model_dir or os.path.dirname(checkpoint_path),
+                           args.output or f"{checkpoint['arch']}.onnx")
+    positive = positive_class_index(classes)
+    info = ModelInfo(
+        labels=classes, spec=spec, threshold=checkpoint.get("threshold"),
+        positive_class=classes[positive] if positive is not None else None,
+        threshold_policy=checkpoint.get("threshold_policy"), arch=checkpoint["arch"],
+        provenance={"checkpoint": os.path.basename(checkpoint_path), "checkpoint_sha256": _sha256(checkpoint_path),
+                    "epoch": checkpoint.get("epoch"), "best": checkpoint.get("best"),
+                    "val_metrics": {k: v for k, v in (checkpoint.get("val_metrics") or {}).items()
+                                    if isinstance(v, (int, float))},
+                    "torch": torch.__version__, "toolkit": TOOLKIT, "opset": args.opset,
+                    "batch": "dynamic" if args.dynamic_batch else 1,
+                    "exported_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    with atomic_path(output) as temporary:
+        export_graph(wrapped, spec.resolution, temporary, args.opset, args.dynamic_batch)
+        _add_metadata(temporary, info)
+        data_folder = args.verify_images or _default_verify_folder(checkpoint)
+        images, described = _verification_images(data_folder, spec)
+        difference = verify(wrapped, temporary, images, spec, args.dynamic_batch)
+        print(f"=> verified on {described}: max |ONNX Runtime - torch| = {difference:.3e} "
+              f"(tolerance {args.tolerance:.0e})")
+        if not difference <= args.tolerance:
+            raise ExportError(f"ONNX Runtime and torch disagree by {difference:.3e} > {args.tolerance:.0e}; "
+                              "the ONNX was not written")
+    batch = "dynamic batch" if args.dynamic_batch else "batch 1"
+    print(f"=> model exported to:  {output}  ({os.path.getsize(output) / 1e6:.1f} MB, opset {args.opset}, {batch})")
+    print(f"   input_0 float32 [{'N' if args.dynamic_batch else 1},3,{spec.resolution},{spec.resolution}] -> "
+          f"output_0 float32 [{'N' if args.dynamic_batch else 1},{len(classes)}] probabilities of {classes}; "
+          f"threshold {info.threshold}")
+    return output
+
+
+def _default_verify_folder(checkpoint: dict) -> Optional[str]:
+    data = (checkpoint.get("args") or {}).get("data")
+    return os.path.join(data, "val") if data else None
+
+
+def main(args: argparse.Namespace) -> int:
+    export(args)
+    return 0
+
+
+def cli() -> None:
+    run_cli(lambda: main(get_args_parser().parse_args()), "onnx_export.py")

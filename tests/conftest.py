@@ -1,0 +1,63 @@
+"""Shared fixtures: a small synthetic download, its prepared layout, a model trained on it, its ONNX.
+
+Everything is made here, in temporary folders; the session-scoped model is trained once (64 px,
+two epochs) and reused by the tests that only read it.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import List
+
+import pytest
+
+from data.prepare import get_args_parser as prepare_parser
+from data.prepare import prepare
+from data.synthetic import generate
+from export.onnx_export import export
+from export.onnx_export import get_args_parser as export_parser
+from train.args import get_args_parser as train_parser
+from train.main import main as train_main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_COUNTS = {"train": 16, "val": 2, "test": 4}
+RESOLUTION = 64
+
+
+def run_script(script: str, *args: str, env: dict = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run one of the repository's entry scripts (or ``-m module``) as a user would."""
+    command = [sys.executable] + ([script] if script.startswith("-") else [os.path.join(REPO, script)]) + list(args)
+    full_env = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
+    return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def train_args(data: str, model_dir: str, *extra: str) -> List[str]:
+    return [data, "--model-dir", model_dir, "--resolution", str(RESOLUTION), "--batch-size", "8",
+            "--no-pretrained", "--print-freq", "0", "--seed", "0", "--workers", "2", *extra]
+
+
+@pytest.fixture(scope="session")
+def synthetic_download(tmp_path_factory) -> str:
+    folder = str(tmp_path_factory.mktemp("download"))
+    generate(folder, SMALL_COUNTS, seed=0, max_side=500)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prepared_data(synthetic_download, tmp_path_factory) -> str:
+    output = str(tmp_path_factory.mktemp("prepared") / "pneumonia")
+    prepare(prepare_parser().parse_args([synthetic_download, "--output", output, "--val-fraction", "0.25"]))
+    return output
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(prepared_data, tmp_path_factory) -> str:
+    model_dir = str(tmp_path_factory.mktemp("model") / "pneumonia")
+    assert train_main(train_parser().parse_args(train_args(prepared_data, model_dir, "--epochs", "2"))) == 0
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def exported_onnx(trained_model_dir) -> str:
+    return export(export_parser().parse_args(["--model-dir", trained_model_dir]))

@@ -1,0 +1,150 @@
+"""train.py: outputs, checkpoint contract, safe loading, evaluation, weights and metric policies."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from edge.preprocess import PreprocessSpec, normalize
+from tests.conftest import RESOLUTION, run_script, train_args
+from train.augment import AugmentConfig, augment_batch
+from train.checkpoint import CheckpointError, load_checkpoint
+from train.metrics import PolicyError, binary_metrics, choose_threshold
+
+JETSON_KEYS = {"epoch", "arch", "resolution", "classes", "num_classes", "multi_label", "state_dict",
+               "accuracy", "loss", "optimizer"}
+OUR_KEYS = {"scheduler", "rng", "best", "threshold", "threshold_policy", "positive_class", "preprocess",
+            "val_metrics", "history", "args"}
+
+
+def test_training_writes_checkpoints_labels_and_pictures(trained_model_dir):
+    for name in ("checkpoint.pth.tar", "model_best.pth.tar", "labels.txt", "args.json", "training_curves.png",
+                 "eval_val/metrics.json", "eval_val/roc.png", "eval_val/confusion_matrix.png"):
+        assert os.path.isfile(os.path.join(trained_model_dir, name)), name
+    checkpoint = load_checkpoint(os.path.join(trained_model_dir, "checkpoint.pth.tar"))
+    assert JETSON_KEYS | OUR_KEYS <= set(checkpoint)
+    assert checkpoint["classes"] == ["NORMAL", "PNEUMONIA"] and checkpoint["positive_class"] == "PNEUMONIA"
+    assert checkpoint["resolution"] == RESOLUTION and checkpoint["preprocess"]["resolution"] == RESOLUTION
+    assert 0.0 < checkpoint["threshold"] < 1.0
+    assert [entry["epoch"] for entry in checkpoint["history"]] == [0, 1]
+    for entry in checkpoint["history"]:
+        for key in ("train_loss", "val_loss", "val_auc", "val_accuracy", "val_sensitivity", "val_specificity"):
+            assert np.isfinite(entry[key]), key
+    best = load_checkpoint(os.path.join(trained_model_dir, "model_best.pth.tar"))
+    assert best["epoch"] == checkpoint["best"]["epoch"]
+    metrics = json.load(open(os.path.join(trained_model_dir, "eval_val", "metrics.json")))
+    assert metrics["metrics"]["threshold"] == pytest.approx(best["threshold"])
+
+
+def test_evaluate_scores_another_split_at_the_validation_threshold(trained_model_dir, prepared_data):
+    result = run_script("train.py", prepared_data, "--model-dir", trained_model_dir, "--evaluate", "--split", "test")
+    assert result.returncode == 0, result.stderr
+    out = os.path.join(trained_model_dir, "eval_test")
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    best = load_checkpoint(os.path.join(trained_model_dir, "model_best.pth.tar"))
+    assert metrics["metrics"]["threshold"] == pytest.approx(best["threshold"])  # not re-tuned on test
+    assert metrics["metrics"]["n"] == 8 and len(metrics["confusion_matrix"]) == 2
+    for picture in ("roc.png", "confusion_matrix.png", "training_curves.png"):
+        assert os.path.getsize(os.path.join(out, picture)) > 1000
+
+
+class _RunsCode:
+    """Unpickling this would run ``touch`` on the marker: exactly what weights_only=True prevents."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_with_pickled_objects_is_refused(tmp_path, prepared_data):
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pth.tar"
+    torch.save({"arch": "resnet18", "num_classes": 2, "state_dict": {}, "payload": _RunsCode(str(marker))}, evil)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_checkpoint(str(evil))
+    result = run_script("train.py", prepared_data, "--model-dir", str(tmp_path / "m"), "--evaluate",
+                        "--resume", str(evil))
+    assert result.returncode == 2 and "refusing to load" in result.stderr
+    assert "Traceback" not in result.stderr and not marker.exists()
+
+
+def test_truncated_and_bare_checkpoints_get_clear_errors(tmp_path, trained_model_dir):
+    source = open(os.path.join(trained_model_dir, "model_best.pth.tar"), "rb").read()
+    truncated = tmp_path / "cut.pth.tar"
+    truncated.write_bytes(source[: len(source) // 3])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(str(truncated))
+    bare = tmp_path / "resnet18-imagenet.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), bare)
+    with pytest.raises(CheckpointError, match="--weights"):
+        load_checkpoint(str(bare))
+
+
+def test_pretrained_without_network_says_what_to_do(tmp_path, prepared_data):
+    offline = {"TORCH_HOME": str(tmp_path / "torch"), "HTTPS_PROXY": "http://127.0.0.1:9",
+               "https_proxy": "http://127.0.0.1:9"}
+    args = [a for a in train_args(prepared_data, str(tmp_path / "m"), "--epochs", "1") if a != "--no-pretrained"]
+    result = run_script("train.py", *args, env=offline)
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert "cannot download ImageNet weights" in message and "--weights" in message and "--no-pretrained" in message
+
+
+def test_local_weights_file_with_dataparallel_prefix_starts_training(tmp_path, prepared_data):
+    imagenet_like = torchvision.models.resnet18().state_dict()
+    weights = tmp_path / "resnet18.pth"
+    torch.save({f"module.{k}": v for k, v in imagenet_like.items()}, weights)
+    model_dir = tmp_path / "from_weights"
+    result = run_script("train.py", *train_args(prepared_data, str(model_dir), "--epochs", "1", "--weights",
+                                                str(weights)))
+    assert result.returncode == 0, result.stderr
+    trained = load_checkpoint(str(model_dir / "model_best.pth.tar"))["state_dict"]
+    start, end = imagenet_like["layer4.1.conv2.weight"], trained["layer4.1.conv2.weight"]
+    assert not torch.equal(start, end)  # trained from there...
+    moved = (end - start).norm() / start.norm()
+    assert moved < 0.2, moved  # ...not from a new random start (an independent init differs by about 1.4)
+
+
+def test_threshold_policies():
+    scores = np.array([0.05, 0.2, 0.3, 0.45, 0.5, 0.7, 0.8, 0.9, 0.95])
+    targets = np.array([0, 0, 0, 1, 0, 1, 1, 1, 1])
+    youden = choose_threshold(scores, targets, "youden")
+    assert 0.5 < youden < 0.7  # inside the gap that separates the best operating point, not on a score
+    assert binary_metrics(scores, targets, youden)["specificity"] == 1.0
+    sensitive = choose_threshold(scores, targets, "sensitivity:1.0")
+    assert binary_metrics(scores, targets, sensitive)["sensitivity"] == 1.0
+    assert choose_threshold(scores, targets, "fixed:0.5") == 0.5
+    with pytest.raises(PolicyError):
+        choose_threshold(scores, targets, "sensitivity:high")
+
+
+def test_binary_metrics_match_a_hand_count():
+    scores = np.array([0.1, 0.6, 0.4, 0.9, 0.8, 0.2])
+    targets = np.array([0, 0, 1, 1, 1, 0])
+    metrics = binary_metrics(scores, targets, 0.5)
+    assert (metrics["tp"], metrics["fp"], metrics["tn"], metrics["fn"]) == (2, 1, 2, 1)
+    assert metrics["sensitivity"] == pytest.approx(2 / 3) and metrics["specificity"] == pytest.approx(2 / 3)
+    assert metrics["auc"] == pytest.approx(8 / 9)
+
+
+def test_augmentation_is_reproducible_from_its_generator():
+    images = torch.randint(0, 256, (4, 48, 48), dtype=torch.uint8)
+    spec = PreprocessSpec(resolution=48)
+    first = augment_batch(images, spec, AugmentConfig(), torch.Generator().manual_seed(3))
+    second = augment_batch(images, spec, AugmentConfig(), torch.Generator().manual_seed(3))
+    assert first.shape == (4, 3, 48, 48) and torch.equal(first, second)
+    still = AugmentConfig(scale=(1, 1), aspect=(1, 1), rotation_degrees=0, translate=0, hflip=0,
+                          brightness=0, contrast=(1, 1), gamma=(1, 1))
+    unchanged = augment_batch(images, spec, still, torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(unchanged.numpy(), normalize(images.numpy(), spec), atol=1e-4)
+
+
+def test_bad_data_folder_is_a_one_line_error(tmp_path):
+    result = run_script("train.py", str(tmp_path / "missing"), "--model-dir", str(tmp_path / "m"), "--no-pretrained")
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,1 @@
+"""Training: data loading, model building, the training loop, evaluation and reports (needs torch)."""

@@ -1,0 +1,60 @@
+"""train.py's command line: jetson-inference's flags, plus what medical data and CPUs need."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from edge.cli import add_bool_flag
+from train.hardware import AMP_CHOICES
+from train.metrics import DEFAULT_POLICY
+
+SELECT_METRICS = ("auc", "balanced_accuracy", "accuracy", "loss")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train a chest X-ray classifier (ResNet-18 by default) the jetson-inference way.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("data", metavar="DIR", help="data set root holding train/<CLASS>/ and val/<CLASS>/")
+    parser.add_argument("--model-dir", default=os.path.join("models", "pneumonia"),
+                        help="where checkpoints, labels.txt and reports are written")
+    parser.add_argument("-a", "--arch", default="resnet18", help="torchvision classification model")
+    parser.add_argument("--resolution", type=int, default=224, help="network input is RESOLUTION x RESOLUTION")
+    parser.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="threads that decode images into the cache")
+    parser.add_argument("--epochs", type=int, default=35, help="total epochs")
+    parser.add_argument("-b", "--batch-size", type=int, default=32, help="images per step")
+    parser.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.01,
+                        help="initial learning rate (SGD, cosine decay to zero over --epochs)")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4, help="weight decay")
+    parser.add_argument("-p", "--print-freq", type=int, default=10,
+                        help="print a batch line every N batches (0: progress bar only)")
+    parser.add_argument("--resume", default="", metavar="PATH",
+                        help="checkpoint (or model dir) to resume from: model, optimizer, scheduler, epoch, "
+                             "RNG state and best metric are restored")
+    parser.add_argument("-e", "--evaluate", action="store_true",
+                        help="only evaluate a checkpoint (--resume, default MODEL_DIR/model_best.pth.tar) on --split")
+    parser.add_argument("--split", default="val",
+                        help="split folder under DIR that --evaluate scores (val, test, train, ...)")
+    add_bool_flag(parser, "pretrained", True,
+                  "start from ImageNet weights, downloaded by torchvision; --no-pretrained trains from scratch")
+    parser.add_argument("--weights", default=None, metavar="FILE",
+                        help="start from a local state dict or checkpoint instead of downloading (implies no download)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and recorded)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
+                        help="mixed precision for training: auto picks bf16 on CUDA and on CPUs with native "
+                             "bf16, fp16 on older GPUs, else none (evaluation is always fp32)")
+    add_bool_flag(parser, "channels-last", True,
+                  "channels-last memory format (faster convolutions on CPU and tensor cores)")
+    parser.add_argument("--class-weights", choices=("balanced", "none"), default="balanced",
+                        help="balanced: loss weight n/(classes*n_c) per class, so the 3:1 pneumonia majority "
+                             "does not dominate")
+    parser.add_argument("--threshold-policy", default=DEFAULT_POLICY,
+                        help="how the decision threshold is chosen on validation data: youden, "
+                             "sensitivity:0.95 or fixed:0.5")
+    parser.add_argument("--select-metric", choices=SELECT_METRICS, default="auc",
+                        help="validation metric that picks model_best (ties: lower validation loss)")
+    add_bool_flag(parser, "tensorboard", True, "log scalars to MODEL_DIR/tensorboard when tensorboard is installed")
+    return parser

@@ -1,0 +1,294 @@
+"""train.py: train, resume, or evaluate a classifier; writes checkpoints, labels.txt and reports.
+
+    python3 train.py --model-dir models/pneumonia data/pneumonia
+    python3 train.py --model-dir models/pneumonia data/pneumonia --resume models/pneumonia/checkpoint.pth.tar
+    python3 train.py --model-dir models/pneumonia data/pneumonia --evaluate --split test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edge.cli import ToolkitError, run_cli
+from edge.labels import write_labels
+from edge.model_info import DEFAULT_POSITIVE_CLASS
+from edge.preprocess import PreprocessSpec
+from train.args import get_args_parser
+from train.augment import AugmentConfig
+from train.checkpoint import BEST, CHECKPOINT, copy_atomic, load_checkpoint, preprocess_spec, save_atomic
+from train.dataset import CachedSplit, find_classes, load_split
+from train.engine import predict_probabilities, train_one_epoch
+from train.hardware import select_amp, select_device
+from train.metrics import choose_threshold, confusion, evaluate_probabilities, parse_policy
+from train.model import build_model, load_trained
+from train.report import plot_training_curves, write_evaluation, write_json
+
+
+def positive_class_index(classes: List[str]) -> Optional[int]:
+    """The class the threshold applies to: PNEUMONIA if present, else the second of two classes."""
+    if len(classes) != 2:
+        return None
+    return classes.index(DEFAULT_POSITIVE_CLASS) if DEFAULT_POSITIVE_CLASS in classes else 1
+
+
+def _class_weights(split: CachedSplit, num_classes: int, mode: str) -> Optional[torch.Tensor]:
+    if mode == "none":
+        return None
+    counts = torch.tensor(split.class_counts(num_classes), dtype=torch.float32)
+    return counts.sum() / (num_classes * counts.clamp(min=1))
+
+
+def _selection_score(metrics: Dict[str, float], val_loss: float, metric: str) -> Tuple[float, float]:
+    """Higher is better; validation loss breaks ties (AUC often saturates at 1.0 in-distribution)."""
+    if metric == "loss":
+        return (-val_loss, 0.0)
+    value = metrics.get(metric, float("nan"))
+    return (value if math.isfinite(value) else -math.inf, -val_loss)
+
+
+def _validation(model: nn.Module, split: CachedSplit, spec: PreprocessSpec, device: torch.device,
+                batch_size: int, channels_last: bool, positive: Optional[int],
+                policy: str) -> Tuple[np.ndarray, float, Optional[float], Dict[str, float]]:
+    probabilities = predict_probabilities(model, split, spec, device, batch_size, channels_last, "validate")
+    targets = split.labels.numpy()
+    loss = float(-np.mean(np.log(np.clip(probabilities[np.arange(len(targets)), targets], 1e-12, None))))
+    threshold = (choose_threshold(probabilities[:, positive], (targets == positive).astype(int), policy)
+                 if positive is not None else None)
+    return probabilities, loss, threshold, evaluate_probabilities(probabilities, targets, positive, threshold)
+
+
+def _tensorboard_writer(args: argparse.Namespace):
+    if not args.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    log_dir = os.path.join(args.model_dir, "tensorboard", time.strftime("%Y%m%d_%H%M%S"))
+    print(f"To start tensorboard run:  tensorboard --logdir={os.path.join(args.model_dir, 'tensorboard')}")
+    return SummaryWriter(log_dir)
+
+
+def _print_epoch(epoch: int, entry: Dict[str, Any], metric: str) -> None:
+    star = "*" if entry["is_best"] else ""
+    print(f"=> Epoch {epoch}")
+    print(f"  * Train Loss     {entry['train_loss']:.4e}")
+    print(f"  * Train Accuracy {entry['train_accuracy']:.4f}")
+    print(f"  * Val Loss       {entry['val_loss']:.4e}" + (star if metric == "loss" else ""))
+    print(f"  * Val Accuracy   {entry['val_accuracy'] * 100:.4f}" + (star if metric == "accuracy" else ""))
+    print(f"  * Val AUC        {entry['val_auc']:.4f}" + (star if metric == "auc" else ""))
+    if entry.get("threshold") is not None:
+        print(f"  * Val Sensitivity {entry['val_sensitivity']:.4f}  Specificity {entry['val_specificity']:.4f}  "
+              f"Balanced {entry['val_balanced_accuracy']:.4f}" + (star if metric == "balanced_accuracy" else "")
+              + f"  (threshold {entry['threshold']:.4f})")
+    print(f"  * Epoch time {entry['epoch_seconds']:.1f} s  (train {entry['train_seconds']:.1f} s, "
+          f"{entry['train_images_per_second']:.1f} img/s)")
+
+
+def _rng_state(generator: torch.Generator) -> Dict[str, Any]:
+    state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: Dict[str, Any], generator: torch.Generator) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _checkpoint_payload(args: argparse.Namespace, epoch: int, classes: List[str], spec: PreprocessSpec,
+                        model: nn.Module, optimizer, scheduler, scaler, generator: torch.Generator,
+                        entry: Dict[str, Any], best: Dict[str, Any], history: List[Dict[str, Any]],
+                        val_metrics: Dict[str, float], positive: Optional[int]) -> Dict[str, Any]:
+    return {
+        # jetson-inference's keys
+        "epoch": epoch, "arch": args.arch, "resolution": spec.resolution, "classes": classes,
+        "num_classes": len(classes), "multi_label": False, "state_dict": model.state_dict(),
+        "accuracy": {"train": entry["train_accuracy"], "val": entry["val_accuracy"] * 100},
+        "loss": {"train": entry["train_loss"], "val": entry["val_loss"]},
+        "optimizer": optimizer.state_dict(),
+        # this toolkit's
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+        "rng": _rng_state(generator), "best": best, "threshold": entry.get("threshold"),
+        "threshold_policy": args.threshold_policy,
+        "positive_class": classes[positive] if positive is not None else None,
+        "preprocess": spec.to_dict(), "val_metrics": val_metrics, "history": history, "args": vars(args),
+    }
+
+
+def _load_data(args: argparse.Namespace, spec: PreprocessSpec) -> Tuple[List[str], CachedSplit, CachedSplit]:
+    classes = find_classes(os.path.join(args.data, "train"))
+    print(f"=> dataset classes:  {len(classes)} {classes}")
+    train_split = load_split(args.data, "train", classes, spec, args.workers)
+    val_split = load_split(args.data, "val", classes, spec, args.workers)
+    for split in (train_split, val_split):
+        counts = ", ".join(f"{c} {n}" for c, n in zip(classes, split.class_counts(len(classes))))
+        print(f"=> {split.name}: {len(split)} images ({counts})")
+        for path in split.failures:
+            print(f"   left out unreadable image: {path}")
+    return classes, train_split, val_split
+
+
+def _finish(args: argparse.Namespace, model: nn.Module, best_path: str, val_split: CachedSplit,
+            device: torch.device) -> None:
+    """Evaluate model_best on val and draw the pictures next to the checkpoints."""
+    checkpoint = load_checkpoint(best_path)
+    model.load_state_dict(checkpoint["state_dict"])
+    evaluate_checkpoint(args, checkpoint, model, val_split, device)
+
+
+def train(args: argparse.Namespace) -> int:
+    device = select_device(args.device)
+    amp_dtype = select_amp(args.amp, device)
+    parse_policy(args.threshold_policy)
+    resume = load_checkpoint(_resume_path(args.resume)) if args.resume else None
+    if resume is not None:
+        args.arch, args.resolution = resume["arch"], int(resume.get("resolution", args.resolution))
+    spec = preprocess_spec(resume) if resume is not None else PreprocessSpec(resolution=args.resolution)
+    if args.seed is None:
+        args.seed = int.from_bytes(os.urandom(4), "little") if resume is None else resume["args"]["seed"]
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    os.makedirs(args.model_dir, exist_ok=True)
+    classes, train_split, val_split = _load_data(args, spec)
+    positive = positive_class_index(classes)
+    if resume is not None and resume["classes"] != classes:
+        raise ToolkitError(f"the checkpoint was trained on classes {resume['classes']}, the data has {classes}")
+    write_labels(os.path.join(args.model_dir, "labels.txt"), classes)
+    print(f"saved class labels to:  {os.path.join(args.model_dir, 'labels.txt')}")
+    if resume is None:
+        model = build_model(args.arch, len(classes), args.pretrained, args.weights)
+    else:
+        model = load_trained(args.arch, len(classes), resume["state_dict"])
+    print(f"=> {args.arch}: {sum(p.numel() for p in model.parameters()):,} parameters; device {device}; "
+          f"autocast {amp_dtype or 'off'}; channels_last {args.channels_last}; seed {args.seed}")
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    weights = _class_weights(train_split, len(classes), args.class_weights)
+    criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(args.epochs, 1))
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
+    best: Dict[str, Any] = {"metric": args.select_metric, "score": None, "value": None, "epoch": None}
+    history: List[Dict[str, Any]] = []
+    start_epoch = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        _restore_rng(resume["rng"], generator)
+        best, history, start_epoch = resume["best"], list(resume["history"]), resume["epoch"] + 1
+        print(f"=> resumed from {args.resume} after epoch {resume['epoch']}; best {best['metric']} "
+              f"{best['value']:.4f} at epoch {best['epoch']}")
+    write_json(os.path.join(args.model_dir, "args.json"), vars(args))
+    writer = _tensorboard_writer(args)
+    checkpoint_path = os.path.join(args.model_dir, CHECKPOINT)
+    best_path = os.path.join(args.model_dir, BEST)
+    augment = AugmentConfig()
+    for epoch in range(start_epoch, args.epochs):
+        epoch_start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        stats = train_one_epoch(model, train_split, criterion, optimizer, epoch, spec, augment, generator, device,
+                                args.batch_size, amp_dtype, scaler, args.channels_last, args.print_freq)
+        scheduler.step()
+        _, val_loss, threshold, metrics = _validation(model, val_split, spec, device, args.batch_size,
+                                                      args.channels_last, positive, args.threshold_policy)
+        score = _selection_score(metrics, val_loss, args.select_metric)
+        is_best = best["score"] is None or tuple(score) > tuple(best["score"])
+        if is_best:
+            value = -val_loss if args.select_metric == "loss" else metrics[args.select_metric]
+            best = {"metric": args.select_metric, "score": list(score), "value": float(value), "epoch": epoch}
+        entry = {"epoch": epoch, "lr": lr, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
+                 "train_seconds": stats.seconds, "train_images_per_second": stats.images_per_second,
+                 "val_loss": val_loss, "threshold": threshold, "is_best": is_best,
+                 "epoch_seconds": time.perf_counter() - epoch_start,
+                 **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}}
+        history.append(entry)
+        save_atomic(_checkpoint_payload(args, epoch, classes, spec, model, optimizer, scheduler, scaler,
+                                        generator, entry, best, history, metrics, positive), checkpoint_path)
+        if is_best:
+            copy_atomic(checkpoint_path, best_path)
+        plot_training_curves(history, os.path.join(args.model_dir, "training_curves.png"))
+        _print_epoch(epoch, entry, args.select_metric)
+        print(f"saved {'best model' if is_best else 'checkpoint'} to:  {best_path if is_best else checkpoint_path}")
+        if writer is not None:
+            for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_auc",
+                        "val_sensitivity", "val_specificity", "lr"):
+                if isinstance(entry.get(key), float):
+                    writer.add_scalar(key.replace("_", "/", 1), entry[key], epoch)
+            writer.flush()
+    if writer is not None:
+        writer.close()
+    if not os.path.isfile(best_path):
+        raise ToolkitError(f"no epochs were trained (--epochs {args.epochs}); nothing to report")
+    _finish(args, model, best_path, val_split, device)
+    return 0
+
+
+def _resume_path(path: str) -> str:
+    return os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
+
+
+def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Dict[str, Any], model: nn.Module,
+                        split: CachedSplit, device: torch.device) -> Dict[str, float]:
+    """Metrics of ``model`` on ``split`` at the checkpoint's own threshold (never re-tuned on the split)."""
+    spec = preprocess_spec(checkpoint)
+    classes = list(checkpoint["classes"])
+    positive = positive_class_index(classes)
+    threshold = checkpoint.get("threshold")
+    if positive is not None and threshold is None:
+        threshold = 0.5
+    probabilities = predict_probabilities(model, split, spec, device, args.batch_size, False, f"evaluate {split.name}")
+    targets = split.labels.numpy()
+    metrics = evaluate_probabilities(probabilities, targets, positive, threshold)
+    matrix = confusion(probabilities, targets, positive, threshold)
+    out_dir = os.path.join(args.model_dir, f"eval_{split.name.replace(os.sep, '_')}")
+    files = write_evaluation(out_dir, split.name, classes, probabilities, targets, metrics, matrix, positive,
+                             checkpoint.get("history", []),
+                             {"checkpoint_epoch": checkpoint.get("epoch"), "threshold_policy": checkpoint.get(
+                                 "threshold_policy"), "images": split.paths})
+    summary = {k: round(v, 4) for k, v in metrics.items()
+               if k in ("auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy") and math.isfinite(v)}
+    print(f"=> {split.name} ({len(split)} images, threshold {threshold}): {json.dumps(summary)}")
+    print(f"=> wrote {', '.join(files)}")
+    return metrics
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    device = select_device(args.device)
+    path = _resume_path(args.resume) if args.resume else os.path.join(args.model_dir, BEST)
+    checkpoint = load_checkpoint(path)
+    classes = list(checkpoint.get("classes") or [])
+    if not classes:
+        raise ToolkitError(f"{path} does not record its class names")
+    spec = preprocess_spec(checkpoint)
+    model = load_trained(checkpoint["arch"], len(classes), checkpoint["state_dict"]).to(device)
+    split = load_split(args.data, args.split, classes, spec, args.workers)
+    os.makedirs(args.model_dir, exist_ok=True)
+    evaluate_checkpoint(args, checkpoint, model, split, device)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.epochs < 1 and not args.evaluate:
+        raise ToolkitError("--epochs must be at least 1")
+    if args.batch_size < 2:
+        raise ToolkitError("--batch-size must be at least 2 (batch norm needs two images per batch)")
+    return evaluate(args) if args.evaluate else train(args)
+
+
+def cli() -> None:
+    run_cli(lambda: main(get_args_parser().parse_args()), "train.py")
