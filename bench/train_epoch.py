@@ -48,11 +48,10 @@ def find_data(requested: str, scratch: str) -> str:
     return output
 
 
-def time_ours(data: str, epochs: int, workers: int, scratch: str) -> dict:
+def time_ours(data: str, epochs: int, workers: int, model_dir: str) -> dict:
     from train.args import get_args_parser
     from train.checkpoint import load_checkpoint
     from train.main import main
-    model_dir = os.path.join(scratch, "ours")
     args = get_args_parser().parse_args([data, "--model-dir", model_dir, "--epochs", str(epochs), "--no-pretrained",
                                          "--print-freq", "0", "--seed", "0", "--workers", str(workers),
                                          "--no-tensorboard"])
@@ -97,6 +96,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default="", help="prepared data set (default: see module doc)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of ours (the baseline runs one)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers / decode threads")
+    parser.add_argument("--model-dir", default="", help="keep our trained model here (default: discarded)")
     parser.add_argument("--output", default=os.path.join("bench", "results", "train_epoch.json"),
                         help="where the figures are written")
     return parser
@@ -107,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
         data = find_data(args.data, scratch)
         print(f"== data: {data}")
         print("== ours: train.py")
-        ours = time_ours(data, args.epochs, args.workers, scratch)
+        ours = time_ours(data, args.epochs, args.workers, args.model_dir or os.path.join(scratch, "ours"))
         print("== baseline: ImageFolder + DataLoader, jetson-inference recipe, one epoch")
         baseline = time_baseline(data, args.workers)
     steady = ours["epoch_seconds"][-1]

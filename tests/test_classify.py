@@ -122,3 +122,15 @@ def test_labels_file_beside_a_plain_onnx_is_used(exported_onnx, mixed_folder, tm
     result = run_script("classify.py", os.path.join(mixed_folder, "small.jpg"), "--model", str(plain_dir))
     assert result.returncode == 0, result.stderr
     assert "decision: PNEUMONIA if p >= 0.5000" in result.stdout  # no stored threshold: the more likely class
+
+
+def test_device_path_never_imports_torch(exported_onnx, mixed_folder, tmp_path):
+    program = ("import runpy, sys\n"
+               f"sys.argv = ['classify.py', {os.path.join(mixed_folder, 'small.jpg')!r}, {str(tmp_path / 'o.jpg')!r},"
+               f" '--model', {exported_onnx!r}]\n"
+               "try:\n    runpy.run_path('classify.py', run_name='__main__')\n"
+               "except SystemExit as done:\n    assert done.code in (0, None), done.code\n"
+               "assert not [m for m in sys.modules if m == 'torch' or m.startswith('torch.')], 'torch was imported'\n")
+    result = run_script("-c", program)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "o.jpg").is_file()

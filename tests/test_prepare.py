@@ -154,3 +154,17 @@ def test_missing_source_is_a_one_line_error(tmp_path):
     result = run_script("-m", "data.prepare", str(tmp_path / "nowhere.zip"), "--output", str(tmp_path / "o"))
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
+
+
+def test_mendeley_layout_without_val_beside_another_data_set(download, tmp_path):
+    # Mendeley's CellData archive: chest_xray/{train,test} (no val) next to an OCT data set.
+    cell = tmp_path / "mendeley" / "CellData"
+    shutil.copytree(os.path.join(download, "chest_xray", "train"), cell / "chest_xray" / "train")
+    shutil.copytree(os.path.join(download, "chest_xray", "test"), cell / "chest_xray" / "test")
+    for name in ("CNV", "DME"):
+        (cell / "OCT" / "train" / name).mkdir(parents=True)
+        shutil.copy(os.path.join(download, "chest_xray", "train", "NORMAL", "IM-0001-0001.jpeg"),
+                    cell / "OCT" / "train" / name / "CNV-1-1.jpeg")
+    report = _prepare(str(tmp_path / "mendeley"), str(tmp_path / "out"))
+    assert report["root"] == "CellData/chest_xray" and report["official_val_folded"] == 0
+    assert report["counts"]["val"]["images"] and report["counts"]["test"]["images"] == {"NORMAL": 4, "PNEUMONIA": 4}

@@ -23,6 +23,7 @@ OUR_KEYS = {"scheduler", "rng", "best", "threshold", "threshold_policy", "positi
 
 def test_training_writes_checkpoints_labels_and_pictures(trained_model_dir):
     for name in ("checkpoint.pth.tar", "model_best.pth.tar", "labels.txt", "args.json", "training_curves.png",
+                 "history.csv",
                  "eval_val/metrics.json", "eval_val/roc.png", "eval_val/confusion_matrix.png"):
         assert os.path.isfile(os.path.join(trained_model_dir, name)), name
     checkpoint = load_checkpoint(os.path.join(trained_model_dir, "checkpoint.pth.tar"))

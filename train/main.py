@@ -29,7 +29,7 @@ from train.engine import predict_probabilities, train_one_epoch
 from train.hardware import select_amp, select_device
 from train.metrics import choose_threshold, confusion, evaluate_probabilities, parse_policy
 from train.model import build_model, load_trained
-from train.report import plot_training_curves, write_evaluation, write_json
+from train.report import plot_training_curves, write_evaluation, write_history_csv, write_json
 
 
 def positive_class_index(classes: List[str]) -> Optional[int]:
@@ -222,6 +222,7 @@ def train(args: argparse.Namespace) -> int:
         if is_best:
             copy_atomic(checkpoint_path, best_path)
         plot_training_curves(history, os.path.join(args.model_dir, "training_curves.png"))
+        write_history_csv(history, os.path.join(args.model_dir, "history.csv"))
         _print_epoch(epoch, entry, args.select_metric)
         print(f"saved {'best model' if is_best else 'checkpoint'} to:  {best_path if is_best else checkpoint_path}")
         if writer is not None:

@@ -1,6 +1,7 @@
 """Pictures and files people read after training: curves, ROC, confusion matrix, metrics.json."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -31,6 +32,15 @@ def _json_ready(value: Any) -> Any:
 def write_json(path: str, data: Dict[str, Any]) -> None:
     with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         json.dump(_json_ready(data), handle, indent=2, sort_keys=True)
+
+
+def write_history_csv(history: List[Dict[str, Any]], path: str) -> None:
+    """One row per epoch, for spreadsheets and people without TensorBoard."""
+    columns = sorted({key for entry in history for key in entry}, key=lambda k: (k != "epoch", k))
+    with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
 
 
 def plot_training_curves(history: List[Dict[str, float]], path: str) -> None:
