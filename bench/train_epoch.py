@@ -114,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
     last = ours["epochs"][-1]
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "data": os.path.abspath(data), "baseline": baseline, "ours": ours,
+        "data": data, "baseline": baseline, "ours": ours,
         "ratio_epoch": baseline["epoch_seconds"] / steady,
     }
     print(f"\nbaseline epoch (train {baseline['train_images']} + val {baseline['val_images']} images): "
