@@ -26,7 +26,11 @@ echo "== onnx_export.py"
 "$PYTHON" onnx_export.py --model-dir "$MODEL"
 
 # One held-out image: the test split when there is one, else validation.
-IMAGE=$(find -L "$DATA/test" "$DATA/val" -type f \( -name '*.jp*g' -o -name '*.png' \) 2>/dev/null | sort | tail -n 1)
+IMAGE=""
+for split in test val; do
+    IMAGE=$(find -L "$DATA/$split" -type f \( -name '*.jp*g' -o -name '*.png' \) 2>/dev/null | sort | tail -n 1)
+    [ -n "$IMAGE" ] && break
+done
 if [ -z "$IMAGE" ]; then
     echo "demo.sh: no image in $DATA/test or $DATA/val to classify" >&2
     exit 1
