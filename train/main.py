@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -107,23 +108,37 @@ def _restore_rng(state: Dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass
+class _Run:
+    """Everything a training run carries from epoch to epoch (and restores on --resume)."""
+
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Optional[torch.amp.GradScaler]
+    generator: torch.Generator
+    best: Dict[str, Any]
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+
+
 def _checkpoint_payload(args: argparse.Namespace, epoch: int, classes: List[str], spec: PreprocessSpec,
-                        model: nn.Module, optimizer, scheduler, scaler, generator: torch.Generator,
-                        entry: Dict[str, Any], best: Dict[str, Any], history: List[Dict[str, Any]],
-                        val_metrics: Dict[str, float], positive: Optional[int]) -> Dict[str, Any]:
+                        run: _Run, entry: Dict[str, Any], val_metrics: Dict[str, float],
+                        positive: Optional[int]) -> Dict[str, Any]:
     return {
         # jetson-inference's keys
         "epoch": epoch, "arch": args.arch, "resolution": spec.resolution, "classes": classes,
-        "num_classes": len(classes), "multi_label": False, "state_dict": model.state_dict(),
+        "num_classes": len(classes), "multi_label": False, "state_dict": run.model.state_dict(),
         "accuracy": {"train": entry["train_accuracy"], "val": entry["val_accuracy"] * 100},
         "loss": {"train": entry["train_loss"], "val": entry["val_loss"]},
-        "optimizer": optimizer.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
         # this toolkit's
-        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-        "rng": _rng_state(generator), "best": best, "threshold": entry.get("threshold"),
+        "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
+        "rng": _rng_state(run.generator), "best": run.best, "threshold": entry.get("threshold"),
         "threshold_policy": args.threshold_policy,
         "positive_class": classes[positive] if positive is not None else None,
-        "preprocess": spec.to_dict(), "val_metrics": val_metrics, "history": history, "args": vars(args),
+        "preprocess": spec.to_dict(), "val_metrics": val_metrics, "history": run.history, "args": vars(args),
     }
 
 
@@ -148,25 +163,10 @@ def _finish(args: argparse.Namespace, model: nn.Module, best_path: str, val_spli
     evaluate_checkpoint(args, checkpoint, model, val_split, device)
 
 
-def train(args: argparse.Namespace) -> int:
-    device = select_device(args.device)
-    amp_dtype = select_amp(args.amp, device)
-    parse_policy(args.threshold_policy)
-    resume = load_checkpoint(_resume_path(args.resume)) if args.resume else None
-    if resume is not None:
-        args.arch, args.resolution = resume["arch"], int(resume.get("resolution", args.resolution))
-    spec = preprocess_spec(resume) if resume is not None else PreprocessSpec(resolution=args.resolution)
-    if args.seed is None:
-        args.seed = int.from_bytes(os.urandom(4), "little") if resume is None else resume["args"]["seed"]
+def _start_run(args: argparse.Namespace, resume: Optional[Dict[str, Any]], classes: List[str],
+               train_split: CachedSplit, device: torch.device, amp_dtype: Optional[torch.dtype]) -> _Run:
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    os.makedirs(args.model_dir, exist_ok=True)
-    classes, train_split, val_split = _load_data(args, spec)
-    positive = positive_class_index(classes)
-    if resume is not None and resume["classes"] != classes:
-        raise ToolkitError(f"the checkpoint was trained on classes {resume['classes']}, the data has {classes}")
-    write_labels(os.path.join(args.model_dir, "labels.txt"), classes)
-    print(f"saved class labels to:  {os.path.join(args.model_dir, 'labels.txt')}")
     if resume is None:
         model = build_model(args.arch, len(classes), args.pretrained, args.weights)
     else:
@@ -177,65 +177,92 @@ def train(args: argparse.Namespace) -> int:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     weights = _class_weights(train_split, len(classes), args.class_weights)
-    criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(args.epochs, 1))
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
-    best: Dict[str, Any] = {"metric": args.select_metric, "score": None, "value": None, "epoch": None}
-    history: List[Dict[str, Any]] = []
-    start_epoch = 0
+    run = _Run(model=model,
+               criterion=nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None),
+               optimizer=optimizer,
+               scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(args.epochs, 1)),
+               scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None,
+               generator=generator,
+               best={"metric": args.select_metric, "score": None, "value": None, "epoch": None})
     if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if scaler is not None and resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
+        run.optimizer.load_state_dict(resume["optimizer"])
+        run.scheduler.load_state_dict(resume["scheduler"])
+        if run.scaler is not None and resume.get("scaler"):
+            run.scaler.load_state_dict(resume["scaler"])
         _restore_rng(resume["rng"], generator)
-        best, history, start_epoch = resume["best"], list(resume["history"]), resume["epoch"] + 1
-        print(f"=> resumed from {args.resume} after epoch {resume['epoch']}; best {best['metric']} "
-              f"{best['value']:.4f} at epoch {best['epoch']}")
+        run.best, run.history, run.start_epoch = resume["best"], list(resume["history"]), resume["epoch"] + 1
+        print(f"=> resumed from {args.resume} after epoch {resume['epoch']}; best {run.best['metric']} "
+              f"{run.best['value']:.4f} at epoch {run.best['epoch']}")
+    return run
+
+
+def _log_scalars(writer, entry: Dict[str, Any]) -> None:
+    if writer is None:
+        return
+    for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_auc", "val_sensitivity",
+                "val_specificity", "lr"):
+        if isinstance(entry.get(key), float):
+            writer.add_scalar(key.replace("_", "/", 1), entry[key], entry["epoch"])
+    writer.flush()
+
+
+def train(args: argparse.Namespace) -> int:
+    device = select_device(args.device)
+    amp_dtype = select_amp(args.amp, device)
+    parse_policy(args.threshold_policy)
+    resume = load_checkpoint(_resume_path(args.resume)) if args.resume else None
+    if resume is not None:
+        args.arch, args.resolution = resume["arch"], int(resume.get("resolution", args.resolution))
+    spec = preprocess_spec(resume) if resume is not None else PreprocessSpec(resolution=args.resolution)
+    if args.seed is None:
+        args.seed = int.from_bytes(os.urandom(4), "little") if resume is None else resume["args"]["seed"]
+    os.makedirs(args.model_dir, exist_ok=True)
+    classes, train_split, val_split = _load_data(args, spec)
+    positive = positive_class_index(classes)
+    if resume is not None and resume["classes"] != classes:
+        raise ToolkitError(f"the checkpoint was trained on classes {resume['classes']}, the data has {classes}")
+    write_labels(os.path.join(args.model_dir, "labels.txt"), classes)
+    print(f"saved class labels to:  {os.path.join(args.model_dir, 'labels.txt')}")
+    run = _start_run(args, resume, classes, train_split, device, amp_dtype)
     write_json(os.path.join(args.model_dir, "args.json"), vars(args))
     writer = _tensorboard_writer(args)
     checkpoint_path = os.path.join(args.model_dir, CHECKPOINT)
     best_path = os.path.join(args.model_dir, BEST)
     augment = AugmentConfig()
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(run.start_epoch, args.epochs):
         epoch_start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(model, train_split, criterion, optimizer, epoch, spec, augment, generator, device,
-                                args.batch_size, amp_dtype, scaler, args.channels_last, args.print_freq)
-        scheduler.step()
-        _, val_loss, threshold, metrics = _validation(model, val_split, spec, device, args.batch_size,
+        lr = run.optimizer.param_groups[0]["lr"]
+        stats = train_one_epoch(run.model, train_split, run.criterion, run.optimizer, epoch, spec, augment,
+                                run.generator, device, args.batch_size, amp_dtype, run.scaler, args.channels_last,
+                                args.print_freq)
+        run.scheduler.step()
+        _, val_loss, threshold, metrics = _validation(run.model, val_split, spec, device, args.batch_size,
                                                       args.channels_last, positive, args.threshold_policy)
         score = _selection_score(metrics, val_loss, args.select_metric)
-        is_best = best["score"] is None or tuple(score) > tuple(best["score"])
+        is_best = run.best["score"] is None or tuple(score) > tuple(run.best["score"])
         if is_best:
             value = -val_loss if args.select_metric == "loss" else metrics[args.select_metric]
-            best = {"metric": args.select_metric, "score": list(score), "value": float(value), "epoch": epoch}
+            run.best = {"metric": args.select_metric, "score": list(score), "value": float(value), "epoch": epoch}
         entry = {"epoch": epoch, "lr": lr, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
                  "train_seconds": stats.seconds, "train_images_per_second": stats.images_per_second,
                  "val_loss": val_loss, "threshold": threshold, "is_best": is_best,
                  "epoch_seconds": time.perf_counter() - epoch_start,
                  **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}}
-        history.append(entry)
-        save_atomic(_checkpoint_payload(args, epoch, classes, spec, model, optimizer, scheduler, scaler,
-                                        generator, entry, best, history, metrics, positive), checkpoint_path)
+        run.history.append(entry)
+        save_atomic(_checkpoint_payload(args, epoch, classes, spec, run, entry, metrics, positive), checkpoint_path)
         if is_best:
             copy_atomic(checkpoint_path, best_path)
-        plot_training_curves(history, os.path.join(args.model_dir, "training_curves.png"))
-        write_history_csv(history, os.path.join(args.model_dir, "history.csv"))
+        plot_training_curves(run.history, os.path.join(args.model_dir, "training_curves.png"))
+        write_history_csv(run.history, os.path.join(args.model_dir, "history.csv"))
         _print_epoch(epoch, entry, args.select_metric)
         print(f"saved {'best model' if is_best else 'checkpoint'} to:  {best_path if is_best else checkpoint_path}")
-        if writer is not None:
-            for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_auc",
-                        "val_sensitivity", "val_specificity", "lr"):
-                if isinstance(entry.get(key), float):
-                    writer.add_scalar(key.replace("_", "/", 1), entry[key], epoch)
-            writer.flush()
+        _log_scalars(writer, entry)
     if writer is not None:
         writer.close()
     if not os.path.isfile(best_path):
         raise ToolkitError(f"no epochs were trained (--epochs {args.epochs}); nothing to report")
-    _finish(args, model, best_path, val_split, device)
+    _finish(args, run.model, best_path, val_split, device)
     return 0
 
 
