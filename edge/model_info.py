@@ -64,6 +64,13 @@ class ModelInfo:
                    arch=metadata.get(KEY_ARCH), provenance=provenance)
 
 
+def default_positive_class(classes: List[str]) -> Optional[str]:
+    """The class a two-class model's threshold applies to: PNEUMONIA if present, else the second."""
+    if len(classes) != 2:
+        return None
+    return DEFAULT_POSITIVE_CLASS if DEFAULT_POSITIVE_CLASS in classes else classes[1]
+
+
 def positive_index(labels: List[str], positive_class: Optional[str]) -> Optional[int]:
     """Index of the class the decision threshold applies to, or None to decide by argmax.
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import os
 import warnings
 from typing import List, Optional, Tuple
@@ -29,15 +28,15 @@ import onnx
 import torch
 import torch.nn as nn
 
-from edge.atomic import atomic_path
+from edge.files import atomic_path
 from edge.backends.ort_backend import OnnxRuntimeBackend
 from edge.cli import ToolkitError, add_bool_flag, run_cli
 from edge.model_info import ModelInfo
 from data.synthetic import synthetic_xray
 from edge.preprocess import PreprocessSpec, load_for_network, normalize, resize_to_network
 from edge.sources import is_image_name
-from train.checkpoint import BEST, load_checkpoint, preprocess_spec
-from train.main import positive_class_index
+from edge.files import sha256_file
+from train.checkpoint import BEST, load_checkpoint, model_info
 from train.model import load_trained
 
 DEFAULT_OPSET = 13
@@ -70,14 +69,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _in_model_dir(model_dir: str, path: str) -> str:
     # jetson-inference's rule: a bare file name lives in --model-dir, a path is taken as given.
     return os.path.join(model_dir, path) if model_dir and not os.path.dirname(path) else path
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_graph(model: nn.Module, resolution: int, path: str, opset: int, dynamic_batch: bool) -> None:
@@ -143,25 +134,19 @@ def verify(model: nn.Module, onnx_path: str, images: np.ndarray, spec: Preproces
 def export(args: argparse.Namespace) -> str:
     checkpoint_path = _in_model_dir(args.model_dir, args.input)
     checkpoint = load_checkpoint(checkpoint_path)
-    classes = list(checkpoint.get("classes") or [f"class #{i}" for i in range(checkpoint["num_classes"])])
-    spec = preprocess_spec(checkpoint)
+    info = model_info(checkpoint, provenance={
+        "checkpoint": os.path.basename(checkpoint_path), "checkpoint_sha256": sha256_file(checkpoint_path),
+        "epoch": checkpoint.get("epoch"), "best": checkpoint.get("best"),
+        "val_metrics": {k: v for k, v in (checkpoint.get("val_metrics") or {}).items() if isinstance(v, (int, float))},
+        "torch": torch.__version__, "toolkit": TOOLKIT, "opset": args.opset,
+        "batch": "dynamic" if args.dynamic_batch else 1,
+        "exported_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    classes, spec = info.labels, info.spec
     model = load_trained(checkpoint["arch"], len(classes), checkpoint["state_dict"])
     activation = nn.Sigmoid() if checkpoint.get("multi_label") else nn.Softmax(dim=1)
     wrapped = nn.Sequential(model, activation).eval()
     output = _in_model_dir(args.model_dir or os.path.dirname(checkpoint_path),
                            args.output or f"{checkpoint['arch']}.onnx")
-    positive = positive_class_index(classes)
-    info = ModelInfo(
-        labels=classes, spec=spec, threshold=checkpoint.get("threshold"),
-        positive_class=classes[positive] if positive is not None else None,
-        threshold_policy=checkpoint.get("threshold_policy"), arch=checkpoint["arch"],
-        provenance={"checkpoint": os.path.basename(checkpoint_path), "checkpoint_sha256": _sha256(checkpoint_path),
-                    "epoch": checkpoint.get("epoch"), "best": checkpoint.get("best"),
-                    "val_metrics": {k: v for k, v in (checkpoint.get("val_metrics") or {}).items()
-                                    if isinstance(v, (int, float))},
-                    "torch": torch.__version__, "toolkit": TOOLKIT, "opset": args.opset,
-                    "batch": "dynamic" if args.dynamic_batch else 1,
-                    "exported_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
     with atomic_path(output) as temporary:
         export_graph(wrapped, spec.resolution, temporary, args.opset, args.dynamic_batch)
         _add_metadata(temporary, info)

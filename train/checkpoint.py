@@ -14,8 +14,9 @@ from typing import Any, Dict
 
 import torch
 
-from edge.atomic import atomic_path
+from edge.files import atomic_path
 from edge.cli import ToolkitError
+from edge.model_info import ModelInfo, default_positive_class
 from edge.preprocess import PreprocessSpec
 
 CHECKPOINT = "checkpoint.pth.tar"
@@ -73,3 +74,12 @@ def preprocess_spec(checkpoint: Dict[str, Any]) -> PreprocessSpec:
     if checkpoint.get("preprocess"):
         return PreprocessSpec.from_dict(checkpoint["preprocess"])
     return PreprocessSpec(resolution=int(checkpoint.get("resolution", 224)))
+
+
+def model_info(checkpoint: Dict[str, Any], provenance: Dict[str, Any]) -> ModelInfo:
+    """What a deployed model carries about itself (ONNX metadata, engine sidecar), from its checkpoint."""
+    classes = list(checkpoint.get("classes") or [f"class #{i}" for i in range(checkpoint["num_classes"])])
+    return ModelInfo(labels=classes, spec=preprocess_spec(checkpoint), threshold=checkpoint.get("threshold"),
+                     positive_class=checkpoint.get("positive_class") or default_positive_class(classes),
+                     threshold_policy=checkpoint.get("threshold_policy"), arch=checkpoint["arch"],
+                     provenance=provenance)

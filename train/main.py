@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from edge.cli import ToolkitError, run_cli
 from edge.labels import write_labels
-from edge.model_info import DEFAULT_POSITIVE_CLASS
+from edge.model_info import default_positive_class
 from edge.preprocess import PreprocessSpec
 from train.args import get_args_parser
 from train.augment import AugmentConfig
@@ -34,10 +34,8 @@ from train.report import plot_training_curves, write_evaluation, write_history_c
 
 
 def positive_class_index(classes: List[str]) -> Optional[int]:
-    """The class the threshold applies to: PNEUMONIA if present, else the second of two classes."""
-    if len(classes) != 2:
-        return None
-    return classes.index(DEFAULT_POSITIVE_CLASS) if DEFAULT_POSITIVE_CLASS in classes else 1
+    name = default_positive_class(classes)
+    return classes.index(name) if name is not None else None
 
 
 def _class_weights(split: CachedSplit, num_classes: int, mode: str) -> Optional[torch.Tensor]:

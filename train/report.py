@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from edge.atomic import atomic_path  # noqa: E402
+from edge.files import atomic_path  # noqa: E402
 
 
 def _json_ready(value: Any) -> Any:

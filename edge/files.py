@@ -1,7 +1,8 @@
-"""Write files so that a crash leaves the old file or the new one, never a torn one."""
+"""File helpers: atomic writes (a crash leaves the old file or the new one, never a torn one) and hashing."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from typing import Iterator
@@ -46,3 +47,11 @@ def atomic_path(path: str) -> Iterator[str]:
         if os.path.exists(temporary):
             os.unlink(temporary)
     _fsync_directory(directory)
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
