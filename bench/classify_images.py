@@ -27,7 +27,8 @@ import numpy as np
 
 from edge.cli import ToolkitError, run_cli
 from edge.decode import decode_grey, read_bytes
-from edge.deployed_model import DeployedModel, resolve_model_file
+from edge.deployed_model import DeployedModel
+from edge.model_files import resolve_model_file
 from edge.preprocess import PreprocessSpec, normalize, resize_to_network
 from train.report import write_json
 

@@ -11,17 +11,21 @@ import argparse
 import os
 import sys
 import time
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
 
 from tqdm import tqdm
 
 from edge.backends import BACKEND_CHOICES
-from edge.cli import ToolkitError, run_cli
+from edge.cli import ToolkitError, add_bool_flag, run_cli
 from edge.decode import ImageDecodeError, decode_grey, jpeg_reduction, read_bytes
-from edge.deployed_model import DeployedModel, default_model_path
+from edge.deployed_model import DeployedModel
+from edge.model_files import default_model_path
 from edge.overlay import annotate
 from edge.prediction import Prediction
-from edge.preprocess import resize_to_network
+from edge.preprocess import PreprocessSpec, resize_to_network
 from edge.results import ResultsWriter
 from edge.sinks import ImageSink
 from edge.sources import InputImage, expand_input
@@ -32,8 +36,7 @@ STAGES = ("read", "decode+resize", "inference", "overlay+write")
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Classify chest X-rays with an exported model and draw class and confidence on each.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Classify chest X-rays with an exported model and draw class and confidence on each.")
     parser.add_argument("input", help="image file, folder, or quoted glob such as 'xrays/*.jpeg'")
     parser.add_argument("output", nargs="?", default=None,
                         help="annotated image file, or a folder for several images (none: no images written)")
@@ -45,8 +48,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="decision threshold on the positive class probability "
                              "(default: the one chosen on validation data at training time)")
     parser.add_argument("--topK", "--top-k", dest="top_k", type=int, default=1,
-                        help="classes to list on the image and console")
-    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help="inference back-end")
+                        help="classes to list on the image and console (default 1)")
+    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                        help="auto (default): TensorRT when installed with a GPU present, else ONNX Runtime")
+    parser.add_argument("--precision", choices=("fp16", "fp32", "int8"), default=None,
+                        help="TensorRT engine / torch precision (default: fp16 on a GPU; ONNX Runtime runs fp32)")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="images per inference call for folders (default 1; above 1 needs a "
+                             "--dynamic-batch export)")
+    add_bool_flag(parser, "build", True, "build the TensorRT engine when none matches the model; "
+                                         "--no-build refuses to run instead")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for inference (0: back-end default)")
     parser.add_argument("--results", default=None,
                         help="results file (.csv or .jsonl), written as it goes "
@@ -75,26 +86,40 @@ def _row(image: InputImage, model: DeployedModel, prediction: Optional[Predictio
     return row
 
 
-def _classify_one(image: InputImage, model: DeployedModel, sink: ImageSink, top_k: int,
-                  timings: Dict[str, float]) -> Prediction:
+@dataclass
+class _Loaded:
+    image: InputImage
+    data: bytes
+    grey: np.ndarray
+    network_image: np.ndarray
+    timings: Dict[str, float]
+
+
+def _load(image: InputImage, spec: PreprocessSpec) -> _Loaded:
     start = time.perf_counter()
     data = read_bytes(image.path)
-    decoded = time.perf_counter()
-    grey = decode_grey(data, image.path, model.spec.decode_min_side)
-    network_image = resize_to_network(grey, model.spec)
-    preprocessed = time.perf_counter()
-    prediction = model.predict(network_image[None])[0]
-    inferred = time.perf_counter()
+    read = time.perf_counter()
+    grey = decode_grey(data, image.path, spec.decode_min_side)
+    network_image = resize_to_network(grey, spec)
+    done = time.perf_counter()
+    return _Loaded(image, data, grey, network_image,
+                   {"read": (read - start) * 1000, "decode+resize": (done - read) * 1000})
+
+
+def _write_overlay(item: _Loaded, prediction: Prediction, sink: ImageSink, spec: PreprocessSpec, top_k: int) -> None:
+    start = time.perf_counter()
     if sink.enabled:
-        # The overlay goes on the full-resolution image, which the network may have seen reduced.
-        if jpeg_reduction(data, model.spec.decode_min_side) > 1:
-            grey = decode_grey(data, image.path)
-        sink.write(image, annotate(grey, prediction, top_k))
-    written = time.perf_counter()
-    for stage, (t0, t1) in zip(STAGES, ((start, decoded), (decoded, preprocessed),
-                                        (preprocessed, inferred), (inferred, written))):
-        timings[stage] = (t1 - t0) * 1000.0
-    return prediction
+        grey = item.grey
+        if jpeg_reduction(item.data, spec.decode_min_side) > 1:
+            # The overlay goes on the full-resolution image; the network saw a reduced decode of it.
+            grey = decode_grey(item.data, item.image.path)
+        sink.write(item.image, annotate(grey, prediction, top_k))
+    item.timings["overlay+write"] = (time.perf_counter() - start) * 1000
+
+
+def _batches(images: List[InputImage], size: int) -> Iterator[List[InputImage]]:
+    for start in range(0, len(images), size):
+        yield images[start:start + size]
 
 
 def _console_line(image: InputImage, prediction: Prediction, total_ms: float) -> str:
@@ -117,44 +142,79 @@ def _print_summary(done: int, failures: List[str], skipped: List[str], totals: D
         print(f"  results: {results}")
 
 
+class _Tally:
+    """Counts, per-stage totals and failures over a run; writes each result as it comes."""
+
+    def __init__(self, model: DeployedModel, results: ResultsWriter, quiet: bool) -> None:
+        self.model, self.results, self.quiet = model, results, quiet
+        self.totals = dict.fromkeys(STAGES, 0.0)
+        self.failures: List[str] = []
+        self.done = self.positives = 0
+
+    def failed(self, image: InputImage, err: Exception, timings: Dict[str, float]) -> None:
+        message = str(err) if isinstance(err, ImageDecodeError) else f"{image.path}: {err}"
+        self.failures.append(message)
+        self.results.write(_row(image, self.model, None, timings, message))
+        tqdm.write(f"classify:  skipped {message}", file=sys.stderr)
+
+    def classified(self, item: _Loaded, prediction: Prediction) -> None:
+        self.done += 1
+        self.positives += int(bool(prediction.positive))
+        for stage, ms in item.timings.items():
+            self.totals[stage] += ms
+        self.results.write(_row(item.image, self.model, prediction, item.timings))
+        if not self.quiet:
+            tqdm.write(_console_line(item.image, prediction, sum(item.timings.values())))
+
+
+def _classify_batch(batch: List[InputImage], model: DeployedModel, sink: ImageSink, top_k: int, tally: _Tally) -> None:
+    loaded = []
+    for image in batch:
+        try:
+            loaded.append(_load(image, model.spec))
+        except (ImageDecodeError, OSError) as err:
+            tally.failed(image, err, {})
+    if not loaded:
+        return
+    start = time.perf_counter()
+    predictions = model.predict(np.stack([item.network_image for item in loaded]))
+    share = (time.perf_counter() - start) * 1000 / len(loaded)
+    for item, prediction in zip(loaded, predictions):
+        item.timings["inference"] = share
+        try:
+            _write_overlay(item, prediction, sink, model.spec, top_k)
+        except OSError as err:
+            tally.failed(item.image, err, item.timings)
+            continue
+        tally.classified(item, prediction)
+
+
 def main(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ToolkitError("--topK must be at least 1")
+    if args.batch_size < 1:
+        raise ToolkitError("--batch-size must be at least 1")
     images, skipped = expand_input(args.input)
-    model = DeployedModel(args.model, args.backend, args.labels, args.threshold, args.threads)
+    model = DeployedModel(args.model, args.backend, args.labels, args.threshold, args.threads,
+                          precision=args.precision, batch_size=args.batch_size, build=args.build)
     sink = ImageSink(args.output, images)
     results_path = _results_path(args, sink)
     fields = (["path", "status", "label", "class_index", "confidence", "threshold"]
               + [f"p_{label}" for label in model.labels] + [f"ms_{stage}" for stage in STAGES] + ["error"])
     results = ResultsWriter(results_path, fields)
     print(f"model: {model.describe()}")
-    totals = dict.fromkeys(STAGES, 0.0)
-    failures: List[str] = []
-    done = positives = 0
-    progress = tqdm(images, unit="img", disable=len(images) < 2 or None, leave=False)
+    tally = _Tally(model, results, args.quiet)
+    progress = tqdm(total=len(images), unit="img", disable=len(images) < 2 or None, leave=False)
     try:
-        for image in progress:
-            timings: Dict[str, float] = {}
-            try:
-                prediction = _classify_one(image, model, sink, args.top_k, timings)
-            except (ImageDecodeError, OSError) as err:
-                message = str(err) if isinstance(err, ImageDecodeError) else f"{image.path}: {err}"
-                failures.append(message)
-                results.write(_row(image, model, None, timings, message))
-                tqdm.write(f"classify:  skipped {message}", file=sys.stderr)
-                continue
-            done += 1
-            positives += int(bool(prediction.positive))
-            for stage, ms in timings.items():
-                totals[stage] += ms
-            results.write(_row(image, model, prediction, timings))
-            if not args.quiet:
-                tqdm.write(_console_line(image, prediction, sum(timings.values())))
+        for batch in _batches(images, model.backend.max_batch):
+            _classify_batch(batch, model, sink, args.top_k, tally)
+            progress.update(len(batch))
     finally:
         results.close()
         progress.close()
-    _print_summary(done, failures, skipped, totals, positives, model, results_path)
-    return EXIT_SOME_FAILED if failures else 0
+        model.backend.close()
+    _print_summary(tally.done, tally.failures, skipped, tally.totals, tally.positives, model, results_path)
+    return EXIT_SOME_FAILED if tally.failures else 0
 
 
 def cli() -> None:

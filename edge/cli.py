@@ -36,7 +36,11 @@ def run_cli(main: Callable[[], Optional[int]], program: str) -> None:
 def add_bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
     """``--name`` / ``--no-name`` (argparse.BooleanOptionalAction needs Python 3.9; JetPack 5 has 3.8)."""
     dest = name.replace("-", "_")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(f"--{name}", dest=dest, action="store_true", help=help)
-    group.add_argument(f"--no-{name}", dest=dest, action="store_false", help=f"turn --{name} off")
+    # The value's default lives on the parser, set before the flags: with default=SUPPRESS on the
+    # flags themselves, argparse's help formatter prints no misleading "(default: True)" on each.
     parser.set_defaults(**{dest: default})
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(f"--{name}", dest=dest, action="store_true", default=argparse.SUPPRESS,
+                       help=f"{help} (default: {'on' if default else 'off'})")
+    group.add_argument(f"--no-{name}", dest=dest, action="store_false", default=argparse.SUPPRESS,
+                       help=f"turn --{name} off")

@@ -12,7 +12,8 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     precision = "fp32"
 
-    def __init__(self, model_path: str, threads: int = 0) -> None:
+    def __init__(self, model_path: str, threads: int = 0, batch_size: int = 1) -> None:
+        self.model_file = model_path
         try:
             import onnxruntime
         except ImportError:
@@ -36,7 +37,7 @@ class OnnxRuntimeBackend(Backend):
         if channels != 3 or height != width or not isinstance(height, int):
             raise BackendError(f"{model_path} takes input {inputs[0].shape}; expected [N, 3, R, R]")
         self.resolution = height
-        self.max_batch = batch if isinstance(batch, int) else 64
+        self.max_batch = batch if isinstance(batch, int) else max(1, batch_size)
         self.num_classes = outputs[0].shape[-1]
         self.device = "cuda" if self.session.get_providers()[0].startswith("CUDA") else "cpu"
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
