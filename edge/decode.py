@@ -96,9 +96,13 @@ def jpeg_reduction(data: bytes, min_side: int) -> int:
 def decode_grey(data: bytes, name: str = "<bytes>", min_side: int = 0) -> np.ndarray:
     """Decode encoded image bytes to a 2-D grey array (uint8, or uint16 for 16-bit files).
 
-    Colour is converted to grey, and alpha is treated as coverage over black. With ``min_side`` > 0,
+    DICOM is windowed to uint8 as a viewer shows it (edge/dicom.py). Colour is converted to grey,
+    and alpha is treated as coverage over black. With ``min_side`` > 0,
     a JPEG is decoded at the largest 1/2, 1/4 or 1/8 scale whose short side stays >= ``min_side``.
     """
+    if data[128:132] == b"DICM" or name.lower().endswith(".dcm"):
+        from edge.dicom import decode_dicom  # imported on demand: it needs pydicom, and imports this module
+        return decode_dicom(data, name)
     buffer = np.frombuffer(data, np.uint8)
     if is_jpeg(data):
         if not _jpeg_is_complete(data):

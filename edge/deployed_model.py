@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -50,11 +50,16 @@ class DeployedModel:
         chosen = threshold if threshold is not None else self.info.threshold
         self.threshold = chosen if chosen is not None else (0.5 if self.positive is not None else None)
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """uint8 ``N x R x R`` network-size images -> ``N x C`` probabilities, in back-end-sized batches."""
+    def run(self, images: np.ndarray) -> Tuple[np.ndarray, ...]:
+        """uint8 ``N x R x R`` network-size images -> (``N x C`` probabilities,) plus, when the model has
+        them, ``N x C x h x w`` class activation maps; in back-end-sized batches."""
         batch = normalize(images, self.spec)
         step = self.backend.max_batch
-        return np.concatenate([self.backend.infer(batch[i:i + step]) for i in range(0, len(batch), step)])
+        parts = [self.backend.run_all(batch[i:i + step]) for i in range(0, len(batch), step)]
+        return tuple(np.concatenate([part[k] for part in parts]) for k in range(len(parts[0])))
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        return self.run(images)[0]
 
     def decide(self, probabilities: np.ndarray) -> Prediction:
         return decide(probabilities, self.labels, self.threshold, self.positive)

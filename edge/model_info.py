@@ -23,6 +23,8 @@ KEY_OUTPUT = "cxr.output"
 KEY_PROVENANCE = "cxr.provenance"
 
 DEFAULT_POSITIVE_CLASS = "PNEUMONIA"
+# The optional second output: class activation maps [N, C, h, w] from the same inference.
+CAM_OUTPUT = "cam_0"
 
 
 @dataclass

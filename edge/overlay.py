@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from edge.heatmap import blend_heatmap
 from edge.prediction import Prediction
 from edge.preprocess import window_to_uint8
 
@@ -67,6 +68,10 @@ def draw_lines(image_bgr: np.ndarray, lines: Sequence[Tuple[str, Tuple[int, int,
     return image_bgr
 
 
-def annotate(image: np.ndarray, prediction: Prediction, top_k: int = 1) -> np.ndarray:
-    """A BGR copy of ``image`` with the prediction drawn on it."""
-    return draw_lines(to_bgr(image), lines_for(prediction, top_k))
+def annotate(image: np.ndarray, prediction: Prediction, top_k: int = 1,
+             evidence: Optional[np.ndarray] = None) -> np.ndarray:
+    """A BGR copy of ``image`` with the prediction drawn on it, over the heatmap of ``evidence`` if given."""
+    canvas = to_bgr(image)
+    if evidence is not None:
+        canvas = blend_heatmap(canvas, evidence)
+    return draw_lines(canvas, lines_for(prediction, top_k))

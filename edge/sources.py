@@ -1,15 +1,27 @@
-"""Expand the runner's INPUT (a file, a folder or a quoted glob) into the images to classify."""
+"""The runner's INPUT: image files (a file, a folder, a quoted glob; DICOM included) or a video source.
+
+Both kinds give the pipeline the same two things: ``jobs()``, cheap descriptions of what comes next
+in order, and ``load(job, spec)``, the decode + preprocess work that runs in worker threads.
+"""
 from __future__ import annotations
 
 import glob
 import os
+import time
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Iterator, List, Tuple
 
 from edge.cli import ToolkitError
+from edge.decode import decode_grey, read_bytes, to_grey
+from edge.frames import Frame
+from edge.preprocess import PreprocessSpec, resize_to_network
+from edge.video_source import STREAM_SCHEMES, CaptureOptions, VideoSource, is_video_uri
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp",
-                              ".pgm", ".ppm", ".pbm", ".jp2"})
+                              ".pgm", ".ppm", ".pbm", ".jp2", ".dcm"})
+
+
+KNOWN_SCHEMES = ("file://", "csi://", "v4l2://") + STREAM_SCHEMES
 
 
 class SourceError(ToolkitError, ValueError):
@@ -26,6 +38,16 @@ def is_image_name(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
+def _is_dicom_without_extension(path: str) -> bool:
+    if os.path.splitext(path)[1]:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def _has_glob(pattern: str) -> bool:
     return any(char in pattern for char in "*?[")
 
@@ -38,7 +60,7 @@ def _walk_folder(folder: str) -> Tuple[List[InputImage], List[str]]:
             if name.startswith("."):
                 continue
             path = os.path.join(root, name)
-            if is_image_name(name):
+            if is_image_name(name) or _is_dicom_without_extension(path):
                 images.append(InputImage(path, os.path.relpath(path, folder)))
             else:
                 skipped.append(path)
@@ -65,3 +87,71 @@ def expand_input(spec: str) -> Tuple[List[InputImage], List[str]]:
     if not images:
         raise SourceError(f"input {spec} contains no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return images, skipped
+
+
+class ImageFileSource:
+    live = False
+
+    def __init__(self, spec: str) -> None:
+        self.images, self.skipped = expand_input(spec)
+        self.frame_count = len(self.images)
+        self.description = f"{len(self.images)} image(s) from {spec}"
+        self.fps = 0.0
+        self.corrupt = self.reconnects = 0
+
+    def jobs(self) -> Iterator[Tuple[int, InputImage]]:
+        return enumerate(self.images)
+
+    @staticmethod
+    def load(job: Tuple[int, InputImage], spec: PreprocessSpec) -> Frame:
+        index, image = job
+        start = time.perf_counter()
+        data = read_bytes(image.path)
+        grey = decode_grey(data, image.path, spec.decode_min_side)
+        decoded = time.perf_counter()
+        network = resize_to_network(grey, spec)
+        return Frame(index, image.relpath, image.path, grey, network, data,
+                     {"decode": (decoded - start) * 1000, "preprocess": (time.perf_counter() - decoded) * 1000})
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class VideoFrameSource:
+    def __init__(self, uri: str, options: CaptureOptions) -> None:
+        self.video = VideoSource(uri, options)
+        self.live, self.description, self.fps = self.video.live, self.video.description, self.video.fps
+        self.frame_count = self.video.frame_count
+        self.skipped: List[str] = []
+
+    @property
+    def corrupt(self) -> int:
+        return self.video.corrupt
+
+    @property
+    def reconnects(self) -> int:
+        return self.video.reconnects
+
+    def jobs(self):
+        return self.video.frames()
+
+    def load(self, job, spec: PreprocessSpec) -> Frame:
+        index, bgr, capture_ms = job
+        start = time.perf_counter()
+        network = resize_to_network(to_grey(bgr, self.description), spec)
+        return Frame(index, f"frame_{index:06d}.jpg", f"{self.description} frame {index}", bgr, network, None,
+                     {"decode": capture_ms, "preprocess": (time.perf_counter() - start) * 1000})
+
+    def close(self) -> None:
+        self.video.close()
+
+
+def open_source(spec: str, options: CaptureOptions):
+    """An ImageFileSource or a VideoFrameSource for the runner's INPUT."""
+    if "://" in spec and not spec.lower().startswith(KNOWN_SCHEMES):
+        scheme = spec.split("://", 1)[0]
+        raise SourceError(f"unknown input scheme {scheme}://; use a file, folder, glob, video, /dev/videoN, "
+                          "v4l2:///dev/videoN, csi://N or rtsp://...")
+    if is_video_uri(spec):
+        return VideoFrameSource(spec, options)
+    return ImageFileSource(spec[len("file://"):] if spec.startswith("file://") else spec)

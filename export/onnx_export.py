@@ -21,7 +21,7 @@ import argparse
 import datetime
 import os
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -31,13 +31,13 @@ import torch.nn as nn
 from edge.files import atomic_path
 from edge.backends.ort_backend import OnnxRuntimeBackend
 from edge.cli import ToolkitError, add_bool_flag, run_cli
-from edge.model_info import ModelInfo
+from edge.model_info import CAM_OUTPUT, ModelInfo
 from data.synthetic import synthetic_xray
 from edge.preprocess import PreprocessSpec, load_for_network, normalize, resize_to_network
 from edge.sources import is_image_name
 from edge.files import sha256_file
 from train.checkpoint import BEST, load_checkpoint, model_info
-from train.model import load_trained
+from train.model import ClassifierWithCam, load_trained, supports_cam
 
 DEFAULT_OPSET = 13
 TOOLKIT = "cxr-jetson 0.1.0"
@@ -59,6 +59,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (13 suits TensorRT 8.2+)")
     add_bool_flag(parser, "dynamic-batch", False,
                   "symbolic batch dimension (jetson-inference needs the default fixed batch of 1)")
+    add_bool_flag(parser, "cam", True,
+                  f"a second output {CAM_OUTPUT} with class activation maps for classify.py --heatmap (ResNets); "
+                  "jetson-inference on TensorRT 10 binds only the outputs it asks for: use --no-cam for it")
     parser.add_argument("--verify-images", default=None, metavar="DIR",
                         help="images to verify on (default: the validation images the model was trained with)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
@@ -71,13 +74,15 @@ def _in_model_dir(model_dir: str, path: str) -> str:
     return os.path.join(model_dir, path) if model_dir and not os.path.dirname(path) else path
 
 
-def export_graph(model: nn.Module, resolution: int, path: str, opset: int, dynamic_batch: bool) -> None:
+def export_graph(model: nn.Module, resolution: int, path: str, opset: int, dynamic_batch: bool,
+                 outputs: Sequence[str] = ("output_0",)) -> None:
     dummy = torch.zeros(1, 3, resolution, resolution)
-    axes = {"input_0": {0: "batch"}, "output_0": {0: "batch"}} if dynamic_batch else None
+    names = ["input_0", *outputs]
+    axes = {name: {0: "batch"} for name in names} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
         torch.onnx.export(model, (dummy,), path, dynamo=False, opset_version=opset, input_names=["input_0"],
-                          output_names=["output_0"], dynamic_axes=axes, do_constant_folding=True)
+                          output_names=list(outputs), dynamic_axes=axes, do_constant_folding=True)
     graph = onnx.load(path)
     exported = {entry.domain: entry.version for entry in graph.opset_import}.get("", None)
     if exported != opset:
@@ -118,17 +123,21 @@ def _verification_images(folder: Optional[str], spec: PreprocessSpec) -> Tuple[n
     return np.stack([resize_to_network(p, spec) for p in pictures]), "8 synthetic images (no data folder found)"
 
 
-def verify(model: nn.Module, onnx_path: str, images: np.ndarray, spec: PreprocessSpec, dynamic_batch: bool) -> float:
-    """Largest |probability difference| between torch and ONNX Runtime over ``images``."""
+def verify(model: nn.Module, onnx_path: str, images: np.ndarray, spec: PreprocessSpec) -> List[float]:
+    """Per output, the largest |ONNX Runtime - torch| over ``images``: absolute for the probabilities,
+    relative to the maps' largest magnitude for the activation maps (they are on the logit scale)."""
     batch = normalize(images, spec)
     with torch.inference_mode():
-        expected = model(torch.from_numpy(batch)).numpy()
-    backend = OnnxRuntimeBackend(onnx_path)
-    if dynamic_batch:
-        actual = backend.infer(batch)
-    else:
-        actual = np.concatenate([backend.infer(batch[i:i + 1]) for i in range(len(batch))])
-    return float(np.max(np.abs(actual - expected)))
+        expected = model(torch.from_numpy(batch))
+    expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
+    backend = OnnxRuntimeBackend(onnx_path, batch_size=len(batch))
+    step = backend.max_batch
+    actual = [backend.run_all(batch[i:i + step]) for i in range(0, len(batch), step)]
+    differences = []
+    for index, reference in enumerate(expected):
+        error = float(np.max(np.abs(np.concatenate([a[index] for a in actual]) - reference)))
+        differences.append(error if index == 0 else error / max(float(np.abs(reference).max()), 1e-12))
+    return differences
 
 
 def export(args: argparse.Namespace) -> str:
@@ -143,26 +152,31 @@ def export(args: argparse.Namespace) -> str:
         "exported_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
     classes, spec = info.labels, info.spec
     model = load_trained(checkpoint["arch"], len(classes), checkpoint["state_dict"])
-    activation = nn.Sigmoid() if checkpoint.get("multi_label") else nn.Softmax(dim=1)
-    wrapped = nn.Sequential(model, activation).eval()
+    with_cam = args.cam and supports_cam(model) and not checkpoint.get("multi_label")
+    if with_cam:
+        wrapped, outputs = ClassifierWithCam(model).eval(), ("output_0", CAM_OUTPUT)
+    else:
+        activation = nn.Sigmoid() if checkpoint.get("multi_label") else nn.Softmax(dim=1)
+        wrapped, outputs = nn.Sequential(model, activation).eval(), ("output_0",)
     output = _in_model_dir(args.model_dir or os.path.dirname(checkpoint_path),
                            args.output or f"{checkpoint['arch']}.onnx")
     with atomic_path(output) as temporary:
-        export_graph(wrapped, spec.resolution, temporary, args.opset, args.dynamic_batch)
+        export_graph(wrapped, spec.resolution, temporary, args.opset, args.dynamic_batch, outputs)
         _add_metadata(temporary, info)
         data_folder = args.verify_images or _default_verify_folder(checkpoint)
         images, described = _verification_images(data_folder, spec)
-        difference = verify(wrapped, temporary, images, spec, args.dynamic_batch)
-        print(f"=> verified on {described}: max |ONNX Runtime - torch| = {difference:.3e} "
+        differences = verify(wrapped, temporary, images, spec)
+        cam_text = f", {CAM_OUTPUT} relative {differences[1]:.3e}" if len(differences) > 1 else ""
+        print(f"=> verified on {described}: max |ONNX Runtime - torch| = {differences[0]:.3e}{cam_text} "
               f"(tolerance {args.tolerance:.0e})")
-        if not difference <= args.tolerance:
-            raise ExportError(f"ONNX Runtime and torch disagree by {difference:.3e} > {args.tolerance:.0e}; "
+        if not max(differences) <= args.tolerance:
+            raise ExportError(f"ONNX Runtime and torch disagree by {max(differences):.3e} > {args.tolerance:.0e}; "
                               "the ONNX was not written")
     batch = "dynamic batch" if args.dynamic_batch else "batch 1"
     print(f"=> model exported to:  {output}  ({os.path.getsize(output) / 1e6:.1f} MB, opset {args.opset}, {batch})")
     print(f"   input_0 float32 [{'N' if args.dynamic_batch else 1},3,{spec.resolution},{spec.resolution}] -> "
-          f"output_0 float32 [{'N' if args.dynamic_batch else 1},{len(classes)}] probabilities of {classes}; "
-          f"threshold {info.threshold}")
+          f"output_0 float32 [{'N' if args.dynamic_batch else 1},{len(classes)}] probabilities of {classes}"
+          + (f", {CAM_OUTPUT} class activation maps" if with_cam else "") + f"; threshold {info.threshold}")
     return output
 
 

@@ -26,10 +26,35 @@ def test_onnx_follows_the_jetson_inference_contract(exported_onnx):
     model = onnx.load(exported_onnx)
     onnx.checker.check_model(model)
     assert [(i.name, _dims(i)) for i in model.graph.input] == [("input_0", [1, 3, RESOLUTION, RESOLUTION])]
-    assert [(o.name, _dims(o)) for o in model.graph.output] == [("output_0", [1, 2])]
+    side = RESOLUTION // 32  # ResNet's last feature map
+    assert [(o.name, _dims(o)) for o in model.graph.output] == [("output_0", [1, 2]), ("cam_0", [1, 2, side, side])]
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert {entry.domain: entry.version for entry in model.opset_import}[""] == DEFAULT_OPSET
-    assert model.graph.node[-1].op_type == "Softmax"
+    assert next(n for n in model.graph.node if "output_0" in n.output).op_type == "Softmax"
+
+
+def test_only_output_0_can_be_requested_as_jetson_inference_does(exported_onnx):
+    session = onnxruntime.InferenceSession(exported_onnx, providers=["CPUExecutionProvider"])
+    probabilities = session.run(["output_0"], {"input_0": np.zeros((1, 3, RESOLUTION, RESOLUTION), np.float32)})
+    assert len(probabilities) == 1 and probabilities[0].shape == (1, 2)
+
+
+def test_cam_is_exact_for_the_logits(exported_onnx, trained_model_dir):
+    best = load_checkpoint(os.path.join(trained_model_dir, "model_best.pth.tar"))
+    bias = best["state_dict"]["fc.bias"].numpy()
+    batch = np.random.default_rng(1).normal(size=(1, 3, RESOLUTION, RESOLUTION)).astype(np.float32)
+    session = onnxruntime.InferenceSession(exported_onnx, providers=["CPUExecutionProvider"])
+    probabilities, cam = session.run(["output_0", "cam_0"], {"input_0": batch})
+    logits = cam.mean(axis=(2, 3)) + bias  # global average pool of the map + bias = the head's logits
+    softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(softmax, probabilities, atol=1e-5)
+
+
+def test_no_cam_export_has_the_single_jetson_output(trained_model_dir, tmp_path):
+    output = str(tmp_path / "plain.onnx")
+    result = run_script("onnx_export.py", "--model-dir", trained_model_dir, "--no-cam", "--output", output)
+    assert result.returncode == 0, result.stderr
+    assert [o.name for o in onnx.load(output).graph.output] == ["output_0"]
 
 
 def test_onnx_describes_itself(exported_onnx, trained_model_dir):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ def _batch_line(epoch: int, step: int, steps: int, batch_time: float, loss: floa
 def train_one_epoch(model: nn.Module, split: CachedSplit, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     epoch: int, spec: PreprocessSpec, augment: AugmentConfig, generator: torch.Generator,
                     device: torch.device, batch_size: int, amp_dtype: Optional[torch.dtype],
-                    scaler: Optional[torch.amp.GradScaler], channels_last: bool, print_freq: int) -> EpochStats:
+                    scaler: Optional[Any], channels_last: bool, print_freq: int) -> EpochStats:
     model.train()
     order = torch.randperm(len(split), generator=generator)
     # A final batch of one would break batch norm; its image is seen next epoch in another order.

@@ -45,3 +45,12 @@ def select_amp(mode: str, device: torch.device) -> Optional[torch.dtype]:
     if device.type == "cpu" and _cpu_has_fast_bf16():
         return torch.bfloat16
     return None
+
+
+def grad_scaler(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    """A loss scaler for fp16 on CUDA (bf16 and fp32 need none); torch.amp's since 2.3, torch.cuda.amp's before."""
+    if amp_dtype != torch.float16 or device.type != "cuda":
+        return None
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()

@@ -27,7 +27,7 @@ from train.augment import AugmentConfig
 from train.checkpoint import BEST, CHECKPOINT, copy_atomic, load_checkpoint, preprocess_spec, save_atomic
 from train.dataset import CachedSplit, find_classes, load_split
 from train.engine import predict_probabilities, train_one_epoch
-from train.hardware import select_amp, select_device
+from train.hardware import grad_scaler, select_amp, select_device
 from train.metrics import choose_threshold, confusion, evaluate_probabilities, parse_policy
 from train.model import build_model, load_trained
 from train.report import plot_training_curves, write_evaluation, write_history_csv, write_json
@@ -114,7 +114,7 @@ class _Run:
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    scaler: Optional[torch.amp.GradScaler]
+    scaler: Optional[Any]  # a GradScaler for fp16 on CUDA
     generator: torch.Generator
     best: Dict[str, Any]
     history: List[Dict[str, Any]] = field(default_factory=list)
@@ -180,7 +180,7 @@ def _start_run(args: argparse.Namespace, resume: Optional[Dict[str, Any]], class
                criterion=nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None),
                optimizer=optimizer,
                scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(args.epochs, 1)),
-               scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None,
+               scaler=grad_scaler(device, amp_dtype),
                generator=generator,
                best={"metric": args.select_metric, "score": None, "value": None, "epoch": None})
     if resume is not None:

@@ -67,7 +67,7 @@ def choose_threshold(scores: np.ndarray, targets: np.ndarray, policy: str) -> fl
     if name == "fixed":
         return float(value)
     if len(np.unique(targets)) < 2:
-        warnings.warn("validation has a single class; threshold left at 0.5")
+        warnings.warn("validation has a single class; threshold left at 0.5", stacklevel=2)
         return 0.5
     fpr, tpr, thresholds = roc_curve(targets, scores, drop_intermediate=False)
     if name == "youden":

@@ -91,3 +91,33 @@ def load_trained(arch: str, num_classes: int, state_dict: Dict[str, torch.Tensor
         raise ModelError(f"checkpoint weights do not fit {arch} with {num_classes} classes: "
                          f"{str(err).splitlines()[0]}") from None
     return model
+
+
+class ClassifierWithCam(nn.Module):
+    """Softmax probabilities and class activation maps from one forward pass.
+
+    For a ResNet (global average pool + linear head) the map of class c is the head's weights for c
+    applied at every position of the last feature map: averaging it over the positions and adding
+    the bias gives exactly the logit of c, so the map shows where that logit comes from. It is a 1x1
+    convolution over the features, exported as a second ONNX output (``cam_0``) beside ``output_0``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not supports_cam(model):
+            raise ModelError(f"{type(model).__name__} has no global-average-pool + linear head to take a CAM from")
+        self.model = model
+        weight = model.fc.weight.detach()
+        self.cam = nn.Conv2d(weight.shape[1], weight.shape[0], kernel_size=1, bias=False)
+        self.cam.weight = nn.Parameter(weight[:, :, None, None].clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor):
+        m = self.model
+        features = m.layer4(m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x))))))))
+        logits = m.fc(torch.flatten(m.avgpool(features), 1))
+        return torch.softmax(logits, dim=1), self.cam(features)
+
+
+def supports_cam(model: nn.Module) -> bool:
+    """torchvision ResNets (resnet*, resnext*, wide_resnet*): the layout ClassifierWithCam reads."""
+    return isinstance(model, torchvision.models.ResNet)

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -33,8 +33,14 @@ class Backend:
     num_classes: int = 0
     metadata: Dict[str, str] = {}
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    has_cam: bool = False  # the model also gives class activation maps (edge/heatmap.py)
+
+    def run_all(self, batch: np.ndarray) -> Tuple[np.ndarray, ...]:
+        """(probabilities ``N x C``,) or (probabilities, class activation maps ``N x C x h x w``)."""
         raise NotImplementedError
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.run_all(batch)[0]
 
     def close(self) -> None:
         """Release device memory; the object is unusable afterwards."""

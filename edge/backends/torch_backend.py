@@ -8,7 +8,7 @@ torch, torchvision and this toolkit's train package; the other back-ends need no
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -33,7 +33,7 @@ class TorchBackend(Backend):
         try:
             import torch
             from train.checkpoint import load_checkpoint, model_info
-            from train.model import load_trained
+            from train.model import ClassifierWithCam, load_trained, supports_cam
         except ImportError as err:
             raise BackendError(f"the torch back-end needs torch and torchvision ({err}); "
                                "use --backend onnxruntime or tensorrt") from None
@@ -53,7 +53,9 @@ class TorchBackend(Backend):
             raise BackendError(f"the torch back-end runs fp16 or fp32, not {self.precision}")
         self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
         model = load_trained(checkpoint["arch"], self.num_classes, checkpoint["state_dict"])
-        self.model = torch.nn.Sequential(model, torch.nn.Softmax(dim=1)).eval()
+        self.has_cam = supports_cam(model)
+        self.model = (ClassifierWithCam(model) if self.has_cam else torch.nn.Sequential(model, torch.nn.Softmax(dim=1)))
+        self.model.eval()
         self.model.to(self.torch_device, dtype=self.dtype, memory_format=torch.channels_last)
         self.graph = self._capture_graph() if on_gpu and cuda_graph else None
 
@@ -70,19 +72,24 @@ class TorchBackend(Backend):
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), torch.inference_mode():
-            self.static_output = self.model(self.static_input)
+            self.static_outputs = self._as_tuple(self.model(self.static_input))
         return graph
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _as_tuple(outputs) -> tuple:
+        return outputs if isinstance(outputs, tuple) else (outputs,)
+
+    def run_all(self, batch: np.ndarray) -> Tuple[np.ndarray, ...]:
         torch = self.torch
         count = len(batch)
         with torch.inference_mode():
             inputs = torch.from_numpy(batch).to(self.torch_device, dtype=self.dtype)
             if self.graph is None:
-                outputs = self.model(inputs.contiguous(memory_format=torch.channels_last))
-                return outputs.float().cpu().numpy()
-            if count > self.max_batch:
-                raise BackendError(f"batch of {count} exceeds the captured CUDA graph's {self.max_batch}")
-            self.static_input[:count].copy_(inputs)
-            self.graph.replay()
-            return self.static_output[:count].float().cpu().numpy()
+                outputs = self._as_tuple(self.model(inputs.contiguous(memory_format=torch.channels_last)))
+            else:
+                if count > self.max_batch:
+                    raise BackendError(f"batch of {count} exceeds the captured CUDA graph's {self.max_batch}")
+                self.static_input[:count].copy_(inputs)
+                self.graph.replay()
+                outputs = tuple(output[:count] for output in self.static_outputs)
+            return tuple(output.float().cpu().numpy() for output in outputs)

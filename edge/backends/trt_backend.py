@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
 from edge.backends import Backend, BackendError
 from edge.cuda_runtime import open_cuda
 from edge.engine_record import EngineRecord, stale_reasons
+from edge.model_info import CAM_OUTPUT
 from edge.tensorrt_api import load_tensorrt
 
 INPUT, OUTPUT = "input_0", "output_0"
@@ -71,6 +72,7 @@ class TensorRTBackend(Backend):
         _, _, height, width = self.host[INPUT].shape
         self.resolution = height
         self.num_classes = self.host[OUTPUT].shape[-1]
+        self.has_cam = CAM_OUTPUT in self.host
 
     def _allocate(self, name: str, shape, dtype) -> None:
         shape = (self.max_batch,) + tuple(shape)[1:]  # the batch dimension is -1 in dynamic engines
@@ -96,7 +98,7 @@ class TensorRTBackend(Backend):
         self.dynamic = engine.get_binding_shape(self.input_index)[0] == -1
         self.outputs = [n for i, n in enumerate(names) if not engine.binding_is_input(i)]
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def run_all(self, batch: np.ndarray) -> Tuple[np.ndarray, ...]:
         count = len(batch)
         if count > self.max_batch:
             raise BackendError(f"batch of {count} exceeds the engine's maximum of {self.max_batch}")
@@ -118,7 +120,7 @@ class TensorRTBackend(Backend):
         for name in self.outputs:
             self.cuda.to_host(self.host[name][:count], self.device_memory[name])
         self.cuda.synchronize()
-        return self.host[OUTPUT][:count].astype(np.float32)
+        return tuple(self.host[name][:count].astype(np.float32) for name in (OUTPUT, CAM_OUTPUT) if name in self.host)
 
     def close(self) -> None:
         self.context = None

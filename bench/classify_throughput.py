@@ -1,0 +1,107 @@
+"""End-to-end throughput of classify.py against a naive script, on full-resolution X-rays.
+
+    python3 -m bench.classify_throughput                       # ../shared/datasets/chest_xray_fullres_samples
+    python3 -m bench.classify_throughput --images DIR --passes 4
+
+Both read every image, classify it and write an annotated JPEG of the same size, in the same process:
+- naive: PIL open, torchvision transforms (Resize + ToTensor + Normalize), torch eager FP32,
+  PIL ImageDraw text, PIL save, one image after the other;
+- ours: classify.py's pipeline (edge/pipeline.py): reduced-scale JPEG decode in worker threads,
+  batched ONNX Runtime inference, overlay and encode in a writer thread.
+The folder is looped --passes times for a stable figure; the ratio printed is images per second.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import tempfile
+import time
+
+
+from edge.cli import ToolkitError, run_cli
+from train.report import write_json
+
+SHARED_IMAGES = os.path.join("..", "shared", "datasets", "chest_xray_fullres_samples")
+
+
+def _images(folder: str, passes: int, scratch: str) -> str:
+    """A folder holding ``passes`` copies (symlinks) of every image, so both sides see the same files."""
+    sources = sorted(p for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
+                     if p.lower().endswith((".jpeg", ".jpg", ".png")))
+    if not sources:
+        raise ToolkitError(f"no images in {folder}")
+    looped = os.path.join(scratch, "input")
+    for copy in range(passes):
+        target = os.path.join(looped, f"pass{copy}")
+        os.makedirs(target)
+        for path in sources:
+            os.symlink(os.path.abspath(path), os.path.join(target, os.path.basename(path)))
+    return looped
+
+
+def naive(inputs: str, model_dir: str, output: str) -> float:
+    import torch
+    from PIL import Image, ImageDraw
+    from torchvision import transforms
+    from train.checkpoint import load_checkpoint
+    from train.model import load_trained
+    checkpoint = load_checkpoint(os.path.join(model_dir, "model_best.pth.tar"))
+    model = load_trained(checkpoint["arch"], checkpoint["num_classes"], checkpoint["state_dict"]).eval()
+    labels = checkpoint["classes"]
+    prepare = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(),
+                                  transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    paths = sorted(glob.glob(os.path.join(inputs, "*", "*")))
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for index, path in enumerate(paths):
+            image = Image.open(path).convert("RGB")
+            probabilities = torch.softmax(model(prepare(image)[None]), 1)[0]
+            best = int(probabilities.argmax())
+            ImageDraw.Draw(image).text((5, 5), f"{probabilities[best] * 100:05.2f}% {labels[best]}", fill=(255, 0, 0))
+            image.save(os.path.join(output, f"{index:05d}.jpg"), quality=95)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def ours(inputs: str, model_dir: str, output: str, *options: str) -> float:
+    from edge.classify import get_args_parser, main
+    start = time.perf_counter()
+    main(get_args_parser().parse_args([inputs, output, "--model", model_dir, "-q", "--profile", *options]))
+    count = len(glob.glob(os.path.join(output, "*", "*.jpeg")))
+    return count / (time.perf_counter() - start)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="classify.py throughput against a naive PIL + torch script.")
+    parser.add_argument("--images", default=SHARED_IMAGES, help="folder of full-resolution X-rays")
+    parser.add_argument("--model", default=os.path.join("models", "pneumonia"), help="model folder (checkpoint + ONNX)")
+    parser.add_argument("--passes", type=int, default=4, help="times the folder is processed")
+    parser.add_argument("--output", default=os.path.join("bench", "results", "classify_throughput.json"))
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory() as scratch:
+        inputs = _images(args.images, args.passes, scratch)
+        count = len(glob.glob(os.path.join(inputs, "*", "*")))
+        for name in ("naive", "ours", "ours_decoded"):
+            os.makedirs(os.path.join(scratch, name))
+        print(f"== {count} images ({args.passes} passes over {args.images})")
+        print("== ours: classify.py (annotated images at full resolution, the default)")
+        full = ours(inputs, args.model, os.path.join(scratch, "ours"))
+        print("== ours: classify.py --output-size decoded")
+        decoded = ours(inputs, args.model, os.path.join(scratch, "ours_decoded"), "--output-size", "decoded")
+        print("== naive: PIL + torchvision + torch eager + PIL draw/save")
+        naive_rate = naive(inputs, args.model, os.path.join(scratch, "naive"))
+    print(f"\nnaive {naive_rate:.1f} img/s; classify.py {full:.1f} img/s ({full / naive_rate:.2f}x), "
+          f"with --output-size decoded {decoded:.1f} img/s ({decoded / naive_rate:.2f}x)")
+    write_json(args.output, {"images": count, "passes": args.passes, "source": args.images,
+                             "naive_images_per_second": naive_rate, "ours_images_per_second": full,
+                             "ours_output_size_decoded_images_per_second": decoded,
+                             "ratio": full / naive_rate, "ratio_output_size_decoded": decoded / naive_rate,
+                             "cpu_count": os.cpu_count()})
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()), "bench.classify_throughput")

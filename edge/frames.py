@@ -1,0 +1,18 @@
+"""One image travelling through the runner: from a file or a video, to the network, to the outputs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import numpy as np
+
+
+@dataclass
+class Frame:
+    index: int
+    name: str                 # where its annotated copy goes inside an output folder
+    origin: str               # the file, or "<uri> frame N"
+    display: np.ndarray       # what the overlay is drawn on: grey (files) or BGR (video), maybe reduced
+    network: np.ndarray       # uint8 R x R network image (edge/preprocess.py)
+    data: Optional[bytes] = None  # the encoded file, when a reduced decode must be redone at full size
+    timings: Dict[str, float] = field(default_factory=dict)  # ms per pipeline stage

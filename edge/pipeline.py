@@ -1,0 +1,219 @@
+"""The runner's pipeline: decode, infer and write in parallel, so the slowest stage sets the rate.
+
+    reader thread   source.jobs() in order; each job's decode + preprocess goes to a thread pool
+    main thread     takes decoded frames in order, runs batched inference, decides
+    writer thread   overlay (+ heatmap), encode, write; results file and console line, in order
+
+OpenCV, ONNX Runtime and TensorRT release the GIL while they work, so the threads really overlap.
+Queues are bounded: a slow writer slows the reader instead of filling memory. Ctrl+C stops reading,
+lets the writer finish what it has (a video file is finalised), and prints the summary.
+"""
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from tqdm import tqdm
+
+from edge.decode import ImageDecodeError, decode_grey, jpeg_reduction
+from edge.deployed_model import DeployedModel
+from edge.frames import Frame
+from edge.heatmap import evidence_map
+from edge.overlay import annotate
+from edge.prediction import Prediction
+from edge.results import ResultsWriter
+from edge.sinks import Sink
+from edge.sources import InputImage
+from edge.timing import STAGES, StageClock
+
+_END = object()
+
+
+@dataclass
+class RunOptions:
+    batch_size: int = 1
+    top_k: int = 1
+    heatmap: bool = False
+    decode_workers: int = 2
+    quiet: bool = False
+    full_resolution: bool = True  # draw on a full decode when the network saw a reduced one
+
+
+@dataclass
+class Outcome:
+    done: int = 0
+    positives: int = 0
+    failures: List[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def result_fields(labels: List[str]) -> List[str]:
+    return (["path", "status", "label", "class_index", "confidence", "threshold"] + [f"p_{label}" for label in labels]
+            + [f"ms_{stage}" for stage in STAGES] + ["error"])
+
+
+def _row(origin: str, model: DeployedModel, prediction: Optional[Prediction], timings: Dict[str, float],
+         error: str = "") -> Dict[str, object]:
+    row: Dict[str, object] = {"path": origin, "status": "error" if error else "ok", "error": error}
+    if prediction is not None:
+        row.update(label=prediction.label, class_index=prediction.class_index,
+                   confidence=round(prediction.confidence, 6),
+                   threshold=model.threshold if model.positive is not None else "",
+                   **{f"p_{label}": round(p, 6) for label, p in prediction.ranked})
+    row.update({f"ms_{stage}": round(ms, 3) for stage, ms in timings.items()})
+    return row
+
+
+class _Writer(threading.Thread):
+    """Overlay, encode and write each classified frame, in order; record results as they come."""
+
+    def __init__(self, model: DeployedModel, sink: Sink, results: ResultsWriter, options: RunOptions,
+                 outcome: Outcome, clock: StageClock) -> None:
+        super().__init__(daemon=True)
+        self.model, self.sink, self.results, self.options = model, sink, results, options
+        self.outcome, self.clock = outcome, clock
+        self.inbox: "queue.Queue[Any]" = queue.Queue(maxsize=8)
+        self.error: Optional[BaseException] = None
+
+    def fail(self, origin: str, message: str, timings: Dict[str, float]) -> None:
+        self.outcome.failures.append(message)
+        self.results.write(_row(origin, self.model, None, timings, message))
+        self.sink.failed()
+        tqdm.write(f"classify:  skipped {message}", file=sys.stderr)
+
+    def _draw(self, frame: Frame, prediction: Prediction, evidence: Optional[np.ndarray]) -> np.ndarray:
+        display = frame.display
+        if (self.options.full_resolution and frame.data is not None
+                and jpeg_reduction(frame.data, self.model.spec.decode_min_side) > 1):
+            # The network saw a reduced decode; the picture goes out at full resolution.
+            display = decode_grey(frame.data, frame.origin)
+        return annotate(display, prediction, self.options.top_k, evidence)
+
+    def _handle(self, frame: Frame, prediction: Prediction, evidence: Optional[np.ndarray]) -> None:
+        result = {"index": frame.index, "source": frame.name, "text": prediction.text(), "positive": prediction.positive}
+        try:
+            start = time.perf_counter()
+            image = self._draw(frame, prediction, evidence) if self.sink.enabled else None
+            drawn = time.perf_counter()
+            if image is not None:
+                self.sink.write(frame, image, result)
+            frame.timings.update(overlay=(drawn - start) * 1000, encode=(time.perf_counter() - drawn) * 1000)
+        except (OSError, ImageDecodeError) as err:
+            self.fail(frame.origin, f"{frame.origin}: {err}", frame.timings)
+            return
+        self.outcome.done += 1
+        self.outcome.positives += int(bool(prediction.positive))
+        self.clock.add(frame.timings)
+        self.results.write(_row(frame.origin, self.model, prediction, frame.timings))
+        if not self.options.quiet:
+            tqdm.write(f"classify:  {prediction.text()}  class #{prediction.class_index} ({prediction.label})  "
+                       f"{frame.origin}")
+
+    def run(self) -> None:
+        while True:
+            item = self.inbox.get()
+            if item is _END:
+                return
+            if self.error is not None:
+                continue  # drain after a failure so the producer never blocks
+            try:
+                if item[0] == "failed":
+                    self.fail(*item[1:])
+                else:
+                    self._handle(*item[1:])
+            except BaseException as err:  # re-raised in the main thread
+                self.error = err
+
+
+class _Reader(threading.Thread):
+    """Walks the source in order and queues each job's decode, running in the pool."""
+
+    def __init__(self, source, spec, pool: ThreadPoolExecutor, depth: int) -> None:
+        super().__init__(daemon=True)
+        self.source, self.spec, self.pool = source, spec, pool
+        self.outbox: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            for job in self.source.jobs():
+                if self.stop.is_set():
+                    break
+                self.outbox.put((job, self.pool.submit(self.source.load, job, self.spec)))
+        except BaseException as err:  # a source that fails (camera gone for good): re-raised in main
+            self.error = err
+        finally:
+            self.outbox.put(_END)
+
+
+def _job_origin(job: Any) -> str:
+    return job[1].path if isinstance(job[1], InputImage) else f"frame {job[0]}"
+
+
+def _infer(model: DeployedModel, frames: List[Frame], heatmap: bool, writer: _Writer) -> None:
+    start = time.perf_counter()
+    outputs = model.run(np.stack([f.network for f in frames]))
+    inferred = time.perf_counter()
+    probabilities, cams = outputs[0], (outputs[1] if heatmap and len(outputs) > 1 else None)
+    share = (inferred - start) * 1000 / len(frames)
+    for index, frame in enumerate(frames):
+        post_start = time.perf_counter()
+        prediction = model.decide(probabilities[index])
+        evidence = evidence_map(cams[index], model.positive, prediction.class_index) if cams is not None else None
+        frame.timings.update(inference=share, postprocess=(time.perf_counter() - post_start) * 1000)
+        writer.inbox.put(("ok", frame, prediction, evidence))
+
+
+def run_pipeline(source, model: DeployedModel, sink: Sink, results: ResultsWriter,
+                 options: RunOptions) -> Tuple[Outcome, StageClock]:
+    outcome, clock = Outcome(), StageClock()
+    batch_size = 1 if source.live else max(1, min(options.batch_size, model.backend.max_batch))
+    pool = ThreadPoolExecutor(max(1, options.decode_workers), thread_name_prefix="decode")
+    reader = _Reader(source, model.spec, pool, depth=2 * options.decode_workers + batch_size)
+    writer = _Writer(model, sink, results, options, outcome, clock)
+    progress = tqdm(total=source.frame_count, unit="img", disable=(source.frame_count or 0) < 2 or None, leave=False)
+    reader.start()
+    writer.start()
+    batch: List[Frame] = []
+    try:
+        while writer.error is None:
+            item = reader.outbox.get()
+            if item is _END:
+                break
+            job, future = item
+            try:
+                batch.append(future.result())
+            except (ImageDecodeError, OSError) as err:
+                origin = _job_origin(job)
+                writer.inbox.put(("failed", origin, str(err) if isinstance(err, ImageDecodeError)
+                                  else f"{origin}: {err}", {}))
+            progress.update(1)
+            if len(batch) >= batch_size or (reader.outbox.empty() and batch):
+                _infer(model, batch, options.heatmap, writer)
+                batch = []
+        if batch and writer.error is None:
+            _infer(model, batch, options.heatmap, writer)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+    finally:
+        reader.stop.set()
+        while reader.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                reader.outbox.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        writer.inbox.put(_END)
+        writer.join()
+        pool.shutdown(wait=True)
+        progress.close()
+    for error in (writer.error, reader.error):
+        if error is not None:
+            raise error
+    return outcome, clock
