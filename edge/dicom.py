@@ -8,7 +8,11 @@ handler for them (pylibjpeg, GDCM); otherwise the error names what to install.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
+import warnings
+from typing import Iterator
 
 import numpy as np
 
@@ -26,6 +30,20 @@ def is_dicom(data: bytes) -> bool:
     return data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == b"DICM"
 
 
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """pydicom warns (and logs) about every oddity it works around; a failure becomes our one line."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _has_voi(dataset) -> bool:
     return "VOILUTSequence" in dataset or ("WindowCenter" in dataset and "WindowWidth" in dataset)
 
@@ -41,7 +59,8 @@ def decode_dicom(data: bytes, name: str = "<dicom>") -> np.ndarray:
     except ImportError:  # pydicom 2.x, the last for Python 3.8 (JetPack 5)
         from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+        with _quiet_pydicom():
+            dataset = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as err:  # pydicom raises several types for damaged files
         raise DicomError(f"{name} is not a readable DICOM file: {str(err).splitlines()[0]}") from None
     if "PixelData" not in dataset and "SOPClassUID" not in dataset and "Modality" not in dataset:
@@ -49,7 +68,8 @@ def decode_dicom(data: bytes, name: str = "<dicom>") -> np.ndarray:
     if "PixelData" not in dataset:
         raise DicomError(f"{name} is a DICOM file without pixel data (a report or structured document?)")
     try:
-        pixels = dataset.pixel_array
+        with _quiet_pydicom():
+            pixels = dataset.pixel_array
     except Exception as err:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         described = f"{syntax.name} ({syntax})" if syntax is not None else "its transfer syntax"
