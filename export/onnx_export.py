@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import os
 import warnings
 from typing import List, Optional, Sequence, Tuple
@@ -79,10 +80,12 @@ def export_graph(model: nn.Module, resolution: int, path: str, opset: int, dynam
     dummy = torch.zeros(1, 3, resolution, resolution)
     names = ["input_0", *outputs]
     axes = {name: {0: "batch"} for name in names} if dynamic_batch else None
+    # torch 2.5 added the dynamo switch (and 2.9 made dynamo the default); before, TorchScript was all.
+    choose = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(model, (dummy,), path, dynamo=False, opset_version=opset, input_names=["input_0"],
-                          output_names=list(outputs), dynamic_axes=axes, do_constant_folding=True)
+        torch.onnx.export(model, (dummy,), path, opset_version=opset, input_names=["input_0"],
+                          output_names=list(outputs), dynamic_axes=axes, do_constant_folding=True, **choose)
     graph = onnx.load(path)
     exported = {entry.domain: entry.version for entry in graph.opset_import}.get("", None)
     if exported != opset:
