@@ -82,14 +82,14 @@ def _torch_model(model_file: str):
     try:
         import torch
         from train.checkpoint import load_checkpoint
-        from train.model import load_trained
+        from train.model import model_from_checkpoint
     except ImportError:
         return None
     best = os.path.join(os.path.dirname(model_file), "model_best.pth.tar")
     if not os.path.isfile(best):
         return None
     checkpoint = load_checkpoint(best)
-    model = load_trained(checkpoint["arch"], checkpoint["num_classes"], checkpoint["state_dict"]).eval()
+    model = model_from_checkpoint(checkpoint)
     torch.set_grad_enabled(False)
     return lambda batch: torch.softmax(model(torch.from_numpy(batch)), 1)
 

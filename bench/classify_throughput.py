@@ -45,9 +45,9 @@ def naive(inputs: str, model_dir: str, output: str) -> float:
     from PIL import Image, ImageDraw
     from torchvision import transforms
     from train.checkpoint import load_checkpoint
-    from train.model import load_trained
+    from train.model import model_from_checkpoint
     checkpoint = load_checkpoint(os.path.join(model_dir, "model_best.pth.tar"))
-    model = load_trained(checkpoint["arch"], checkpoint["num_classes"], checkpoint["state_dict"]).eval()
+    model = model_from_checkpoint(checkpoint)
     labels = checkpoint["classes"]
     prepare = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(),
                                   transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])

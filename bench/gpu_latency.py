@@ -49,12 +49,12 @@ def main(args: argparse.Namespace) -> int:
     from edge.backends.torch_backend import TorchBackend
     from edge.parity import compare
     from train.checkpoint import load_checkpoint
-    from train.model import load_trained
+    from train.model import model_from_checkpoint
     if not torch.cuda.is_available():
         raise ToolkitError("this benchmark needs a CUDA GPU (torch sees none here)")
     checkpoint = load_checkpoint(os.path.join(args.model, "model_best.pth.tar"))
     resolution = int(checkpoint["resolution"])
-    eager = torch.nn.Sequential(load_trained(checkpoint["arch"], checkpoint["num_classes"], checkpoint["state_dict"]),
+    eager = torch.nn.Sequential(model_from_checkpoint(checkpoint),
                                 torch.nn.Softmax(1)).eval().cuda()
     result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
     for batch in (1, 64):

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from data.inventory import ImageRecord, find_leaks, first_of_duplicates, inspect_all, label_conflicts
 from data.layout import SPLITS, collect_records, locate_root
 from data.source_tree import LINK_MODES, SourceTree
+from data.synthetic import NOTICE_FILE
 from edge.cli import ToolkitError, run_cli
 from edge.labels import write_labels
 
@@ -224,6 +225,11 @@ def prepare(args: argparse.Namespace) -> dict:
             if leaks:  # cannot happen after the steps above; a guard against regressions
                 raise PrepareError(f"internal error: leakage after splitting: {leaks[0].describe()}")
         staging = _write(tree, kept, args.output, args.link, classes)
+        # A synthetic download stays labelled as such in the data set (and on models trained on it).
+        synthetic = [f for f in files if os.path.basename(f) == NOTICE_FILE]
+        if synthetic:
+            with open(os.path.join(staging, NOTICE_FILE), "wb") as handle:
+                handle.write(tree.read(synthetic[0]))
     finally:
         tree.close()
     report = {
@@ -234,7 +240,7 @@ def prepare(args: argparse.Namespace) -> dict:
         "counts": _counts(kept),
         "excluded": [{"file": r.source, "reason": r.problem} for r in records if not r.usable],
         "ignored_files": ignored,
-        "test_overlap": {"mode": args.test_overlap, "leaks": overlap},
+        "test_overlap": {"mode": args.test_overlap, "leaks": overlap}, "synthetic": bool(synthetic),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with open(os.path.join(staging, REPORT), "w", encoding="utf-8") as handle:

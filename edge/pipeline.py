@@ -80,6 +80,7 @@ class _Writer(threading.Thread):
         self.outcome, self.clock = outcome, clock
         self.inbox: "queue.Queue[Any]" = queue.Queue(maxsize=8)
         self.error: Optional[BaseException] = None
+        self.stop_requested = False
 
     def fail(self, origin: str, message: str, timings: Dict[str, float]) -> None:
         self.outcome.failures.append(message)
@@ -120,13 +121,15 @@ class _Writer(threading.Thread):
             item = self.inbox.get()
             if item is _END:
                 return
-            if self.error is not None:
-                continue  # drain after a failure so the producer never blocks
+            if self.error is not None or self.stop_requested:
+                continue  # drain after a failure or a stop so the producer never blocks
             try:
                 if item[0] == "failed":
                     self.fail(*item[1:])
                 else:
                     self._handle(*item[1:])
+            except KeyboardInterrupt:  # q or Esc in the display window: stop like Ctrl+C
+                self.stop_requested = True
             except BaseException as err:  # re-raised in the main thread
                 self.error = err
 
@@ -184,6 +187,9 @@ def run_pipeline(source, model: DeployedModel, sink: Sink, results: ResultsWrite
     batch: List[Frame] = []
     try:
         while writer.error is None:
+            if writer.stop_requested:
+                outcome.interrupted = True
+                break
             item = reader.outbox.get()
             if item is _END:
                 break

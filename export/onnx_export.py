@@ -38,7 +38,7 @@ from edge.preprocess import PreprocessSpec, load_for_network, normalize, resize_
 from edge.sources import is_image_name
 from edge.files import sha256_file
 from train.checkpoint import BEST, load_checkpoint, model_info
-from train.model import ClassifierWithCam, load_trained, supports_cam
+from train.model import ClassifierWithCam, model_from_checkpoint, supports_cam
 
 DEFAULT_OPSET = 13
 TOOLKIT = "cxr-jetson 0.1.0"
@@ -76,7 +76,8 @@ def _in_model_dir(model_dir: str, path: str) -> str:
 
 
 def export_graph(model: nn.Module, resolution: int, path: str, opset: int, dynamic_batch: bool,
-                 outputs: Sequence[str] = ("output_0",)) -> None:
+                 outputs: Sequence[str] = ("output_0",)) -> onnx.ModelProto:
+    """Export ``model`` to ``path`` and check the result; returns the loaded graph."""
     dummy = torch.zeros(1, 3, resolution, resolution)
     names = ["input_0", *outputs]
     axes = {name: {0: "batch"} for name in names} if dynamic_batch else None
@@ -84,17 +85,22 @@ def export_graph(model: nn.Module, resolution: int, path: str, opset: int, dynam
     choose = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(model, (dummy,), path, opset_version=opset, input_names=["input_0"],
-                          output_names=list(outputs), dynamic_axes=axes, do_constant_folding=True, **choose)
+        try:
+            torch.onnx.export(model, (dummy,), path, opset_version=opset, input_names=["input_0"],
+                              output_names=list(outputs), dynamic_axes=axes, do_constant_folding=True, **choose)
+        except Exception as err:  # torch.onnx raises several error types, each with a long graph dump
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise ExportError(f"torch cannot export this model at {resolution} px to ONNX opset {opset}: "
+                              f"{reason}") from None
     graph = onnx.load(path)
     exported = {entry.domain: entry.version for entry in graph.opset_import}.get("", None)
     if exported != opset:
         raise ExportError(f"asked for opset {opset} but the exporter wrote opset {exported}")
     onnx.checker.check_model(graph)
+    return graph
 
 
-def _add_metadata(path: str, info: ModelInfo) -> None:
-    graph = onnx.load(path)
+def _add_metadata(graph: onnx.ModelProto, path: str, info: ModelInfo) -> None:
     del graph.metadata_props[:]
     for key, value in sorted(info.to_metadata().items()):
         graph.metadata_props.add(key=key, value=value)
@@ -154,7 +160,7 @@ def export(args: argparse.Namespace) -> str:
         "batch": "dynamic" if args.dynamic_batch else 1,
         "exported_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
     classes, spec = info.labels, info.spec
-    model = load_trained(checkpoint["arch"], len(classes), checkpoint["state_dict"])
+    model = model_from_checkpoint(checkpoint)
     with_cam = args.cam and supports_cam(model) and not checkpoint.get("multi_label")
     if with_cam:
         wrapped, outputs = ClassifierWithCam(model).eval(), ("output_0", CAM_OUTPUT)
@@ -164,8 +170,8 @@ def export(args: argparse.Namespace) -> str:
     output = _in_model_dir(args.model_dir or os.path.dirname(checkpoint_path),
                            args.output or f"{checkpoint['arch']}.onnx")
     with atomic_path(output) as temporary:
-        export_graph(wrapped, spec.resolution, temporary, args.opset, args.dynamic_batch, outputs)
-        _add_metadata(temporary, info)
+        graph = export_graph(wrapped, spec.resolution, temporary, args.opset, args.dynamic_batch, outputs)
+        _add_metadata(graph, temporary, info)
         data_folder = args.verify_images or _default_verify_folder(checkpoint)
         images, described = _verification_images(data_folder, spec)
         differences = verify(wrapped, temporary, images, spec)

@@ -14,7 +14,7 @@ from edge.model_info import ModelInfo
 from export.onnx_export import DEFAULT_OPSET, ExportError, export, get_args_parser
 from tests.conftest import RESOLUTION, run_script
 from train.checkpoint import load_checkpoint
-from train.model import load_trained
+from train.model import model_from_checkpoint
 
 
 def _dims(value_info) -> list:
@@ -69,7 +69,7 @@ def test_onnx_describes_itself(exported_onnx, trained_model_dir):
 
 def test_onnx_runtime_gives_torch_probabilities(exported_onnx, trained_model_dir):
     best = load_checkpoint(os.path.join(trained_model_dir, "model_best.pth.tar"))
-    model = load_trained("resnet18", 2, best["state_dict"]).eval()
+    model = model_from_checkpoint(best)
     batch = np.random.default_rng(0).normal(size=(1, 3, RESOLUTION, RESOLUTION)).astype(np.float32)
     with torch.inference_mode():
         expected = torch.softmax(model(torch.from_numpy(batch)), 1).numpy()

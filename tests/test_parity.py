@@ -15,7 +15,7 @@ from tests.conftest import run_script
 from train.checkpoint import load_checkpoint, preprocess_spec
 from train.dataset import load_split
 from train.engine import predict_probabilities
-from train.model import load_trained
+from train.model import model_from_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_training_evaluation_and_classify_agree(trained_model_dir, exported_onnx
     checkpoint = load_checkpoint(os.path.join(trained_model_dir, "model_best.pth.tar"))
     spec = preprocess_spec(checkpoint)
     split = load_split(evaluation_folder, "val", checkpoint["classes"], spec, workers=2)
-    model = load_trained(checkpoint["arch"], 2, checkpoint["state_dict"])
+    model = model_from_checkpoint(checkpoint)
     training_side = dict(zip(split.paths, predict_probabilities(model, split, spec, "cpu", 4, False)))
 
     results = tmp_path / "results.csv"

@@ -21,13 +21,14 @@ def _args(data: str, model_dir: str) -> list:
                       "--print-freq", "1")
 
 
-def _kill_during_epoch_one(data: str, model_dir: str) -> None:
-    command = [sys.executable, os.path.join(REPO, "train.py"), *_args(data, model_dir)]
+def kill_during_epoch(arguments: list, epoch: int) -> None:
+    """Run train.py with ``arguments`` (which must include --print-freq 1) and SIGKILL it inside ``epoch``."""
+    command = [sys.executable, os.path.join(REPO, "train.py"), *arguments]
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=REPO)
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in process.stdout:
-            if line.startswith("Epoch: [1][") and "/" in line and not line.startswith("Epoch: [1][ 0/"):
+            if line.startswith(f"Epoch: [{epoch}][") and not line.startswith(f"Epoch: [{epoch}][ 0/"):
                 process.send_signal(signal.SIGKILL)
                 break
     finally:
@@ -40,7 +41,7 @@ def test_sigkill_then_resume_continues_exactly(prepared_data, tmp_path):
     reference = run_script("train.py", *_args(prepared_data, reference_dir))
     assert reference.returncode == 0, reference.stderr
 
-    _kill_during_epoch_one(prepared_data, killed_dir)
+    kill_during_epoch(_args(prepared_data, killed_dir), epoch=1)
     survivor = load_checkpoint(os.path.join(killed_dir, "checkpoint.pth.tar"))
     assert survivor["epoch"] == 0  # killed inside epoch 1: the last completed epoch is 0
     assert not [name for name in os.listdir(killed_dir) if name.endswith(".tmp")]  # no torn files left

@@ -5,8 +5,10 @@ import argparse
 import os
 
 from edge.cli import add_bool_flag
+from train.architectures import ARCHITECTURES
 from train.hardware import AMP_CHOICES
 from train.metrics import DEFAULT_POLICY
+from train.optim import OPTIMIZERS, SCHEDULERS
 
 SELECT_METRICS = ("auc", "balanced_accuracy", "accuracy", "loss")
 
@@ -18,16 +20,38 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("data", metavar="DIR", help="data set root holding train/<CLASS>/ and val/<CLASS>/")
     parser.add_argument("--model-dir", default=os.path.join("models", "pneumonia"),
                         help="where checkpoints, labels.txt and reports are written")
-    parser.add_argument("-a", "--arch", default="resnet18", help="torchvision classification model")
-    parser.add_argument("--resolution", type=int, default=224, help="network input is RESOLUTION x RESOLUTION")
+    parser.add_argument("-a", "--arch", default="resnet18", help=f"architecture: {', '.join(ARCHITECTURES)}")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="network input is RESOLUTION x RESOLUTION (default: the architecture's: 224, "
+                             "299 for xception, 128 for compact_cnn)")
     parser.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="threads that decode images into the cache")
     parser.add_argument("--epochs", type=int, default=35, help="total epochs")
     parser.add_argument("-b", "--batch-size", type=int, default=32, help="images per step")
     parser.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.01,
-                        help="initial learning rate (SGD, cosine decay to zero over --epochs)")
+                        help="initial learning rate (of the head, when the backbone has its own)")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     parser.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4, help="weight decay")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="optimizer")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default="cosine",
+                        help="learning-rate schedule: cosine to zero over --epochs, step (x --gamma every "
+                             "--step-size epochs, jetson-inference's), onecycle, or plateau (x --gamma after "
+                             "--plateau-patience epochs without a better --select-metric)")
+    parser.add_argument("--step-size", type=int, default=30, help="step schedule: epochs between decays")
+    parser.add_argument("--gamma", type=float, default=0.1, help="step and plateau schedules: decay factor")
+    parser.add_argument("--plateau-patience", type=int, default=3, help="plateau schedule: epochs to wait")
+    parser.add_argument("--early-stop", type=int, default=0, metavar="PATIENCE",
+                        help="stop after PATIENCE epochs without a better --select-metric (0: never)")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the loss")
+    finetune = parser.add_argument_group("fine-tuning")
+    finetune.add_argument("--head-dropout", type=float, default=0.0, help="dropout before the new linear head")
+    finetune.add_argument("--freeze-backbone", action="store_true", help="train the head only")
+    finetune.add_argument("--unfreeze-at", type=int, default=None, metavar="EPOCH",
+                          help="train the head only until EPOCH, then everything")
+    finetune.add_argument("--backbone-lr-scale", type=float, default=0.1,
+                          help="with --unfreeze-at: the backbone's learning rate relative to --lr")
+    finetune.add_argument("--train-last", type=int, default=None, metavar="N",
+                          help="train only the last N parameter blocks (layers with weights)")
     parser.add_argument("-p", "--print-freq", type=int, default=10,
                         help="print a batch line every N batches (0: progress bar only)")
     parser.add_argument("--resume", default="", metavar="PATH",
@@ -48,9 +72,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "bf16, fp16 on older GPUs, else none (evaluation is always fp32)")
     add_bool_flag(parser, "channels-last", True,
                   "channels-last memory format (faster convolutions on CPU and tensor cores)")
-    parser.add_argument("--class-weights", choices=("balanced", "none"), default="balanced",
-                        help="balanced: loss weight n/(classes*n_c) per class, so the 3:1 pneumonia majority "
-                             "does not dominate")
+    parser.add_argument("--class-weights", default="auto",
+                        help="auto: loss weight n/(classes*n_c) per class, so the 3:1 pneumonia majority does "
+                             "not dominate; none; or one weight per class, e.g. 1.5,0.5")
     parser.add_argument("--threshold-policy", default=DEFAULT_POLICY,
                         help="how the decision threshold is chosen on validation data: youden, "
                              "sensitivity:0.95 or fixed:0.5")

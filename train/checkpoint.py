@@ -36,8 +36,15 @@ def save_atomic(payload: Dict[str, Any], path: str) -> None:
 
 
 def copy_atomic(source: str, destination: str) -> None:
+    """``destination`` becomes a copy of ``source``: a hard link where the filesystem allows, which is
+    instant for a 1 GB VGG checkpoint and safe, because checkpoints are replaced by rename, never
+    rewritten in place."""
     with atomic_path(destination) as temporary:
-        shutil.copyfile(source, temporary)
+        try:
+            os.unlink(temporary)
+            os.link(source, temporary)
+        except OSError:
+            shutil.copyfile(source, temporary)
 
 
 def load_checkpoint_file(path: str) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from tqdm import tqdm
 from edge.preprocess import PreprocessSpec, normalize
 from train.augment import AugmentConfig, augment_batch
 from train.dataset import CachedSplit
+from train.finetune import freeze_batch_norm_statistics
 
 
 @dataclass
@@ -37,14 +38,20 @@ def _batch_line(epoch: int, step: int, steps: int, batch_time: float, loss: floa
             f"Loss {loss:.4e} ({mean_loss:.4e})  Accuracy {accuracy:7.3f} ({mean_accuracy:7.3f})")
 
 
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    # A final batch of one would break batch norm; its image is seen next epoch in another order.
+    return images // batch_size + (1 if images % batch_size > 1 else 0)
+
+
 def train_one_epoch(model: nn.Module, split: CachedSplit, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     epoch: int, spec: PreprocessSpec, augment: AugmentConfig, generator: torch.Generator,
                     device: torch.device, batch_size: int, amp_dtype: Optional[torch.dtype],
-                    scaler: Optional[Any], channels_last: bool, print_freq: int) -> EpochStats:
+                    scaler: Optional[Any], channels_last: bool, print_freq: int,
+                    after_step: Optional[Callable[[], None]] = None) -> EpochStats:
     model.train()
+    freeze_batch_norm_statistics(model)
     order = torch.randperm(len(split), generator=generator)
-    # A final batch of one would break batch norm; its image is seen next epoch in another order.
-    steps = len(order) // batch_size + (1 if len(order) % batch_size > 1 else 0)
+    steps = steps_per_epoch(len(order), batch_size)
     total_loss = total_correct = seen = 0.0
     start = time.perf_counter()
     progress = tqdm(range(steps), desc=f"epoch {epoch} train", unit="batch", leave=False, disable=None)
@@ -67,6 +74,8 @@ def train_one_epoch(model: nn.Module, split: CachedSplit, criterion: nn.Module, 
         else:
             loss.backward()
             optimizer.step()
+        if after_step is not None:
+            after_step()
         count = len(index)
         batch_loss = float(loss.detach())
         batch_accuracy = float((outputs.argmax(1) == targets).float().mean()) * 100

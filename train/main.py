@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from edge.cli import ToolkitError, run_cli
+from edge.files import sha256_file
 from edge.labels import write_labels
 from edge.model_info import default_positive_class
 from edge.preprocess import PreprocessSpec
@@ -26,10 +27,14 @@ from train.args import get_args_parser
 from train.augment import AugmentConfig
 from train.checkpoint import BEST, CHECKPOINT, copy_atomic, load_checkpoint, preprocess_spec, save_atomic
 from train.dataset import CachedSplit, find_classes, load_split
-from train.engine import predict_probabilities, train_one_epoch
+from train import finetune
+from train.architectures import architecture
+from train.engine import predict_probabilities, steps_per_epoch, train_one_epoch
 from train.hardware import grad_scaler, select_amp, select_device
 from train.metrics import choose_threshold, confusion, evaluate_probabilities, parse_policy
-from train.model import build_model, load_trained
+from train.model import build_model, model_classes, model_from_checkpoint
+from train.model_card import write_model_card
+from train.optim import Schedule, make_optimizer
 from train.report import plot_training_curves, write_evaluation, write_history_csv, write_json
 
 
@@ -39,10 +44,19 @@ def positive_class_index(classes: List[str]) -> Optional[int]:
 
 
 def _class_weights(split: CachedSplit, num_classes: int, mode: str) -> Optional[torch.Tensor]:
+    """auto (balanced: n / (classes * n_c)), none, or one weight per class given as w0,w1,..."""
     if mode == "none":
         return None
-    counts = torch.tensor(split.class_counts(num_classes), dtype=torch.float32)
-    return counts.sum() / (num_classes * counts.clamp(min=1))
+    if mode in ("auto", "balanced"):
+        counts = torch.tensor(split.class_counts(num_classes), dtype=torch.float32)
+        return counts.sum() / (num_classes * counts.clamp(min=1))
+    try:
+        weights = [float(value) for value in mode.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != num_classes or min(weights) <= 0:
+        raise ToolkitError(f"--class-weights {mode}: give auto, none or {num_classes} positive numbers, e.g. 1.5,0.5")
+    return torch.tensor(weights)
 
 
 def _selection_score(metrics: Dict[str, float], val_loss: float, metric: str) -> Tuple[float, float]:
@@ -113,7 +127,7 @@ class _Run:
     model: nn.Module
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    scheduler: Schedule
     scaler: Optional[Any]  # a GradScaler for fp16 on CUDA
     generator: torch.Generator
     best: Dict[str, Any]
@@ -121,9 +135,16 @@ class _Run:
     start_epoch: int = 0
 
 
+def _data_record(data: str, train_split: CachedSplit, val_split: CachedSplit) -> Dict[str, Any]:
+    """What the model was trained on, for the model card: the manifest's hash pins the exact split."""
+    manifest = os.path.join(data, "manifest.csv")
+    return {"path": data, "manifest_sha256": sha256_file(manifest) if os.path.isfile(manifest) else None,
+            "train_images": len(train_split), "val_images": len(val_split)}
+
+
 def _checkpoint_payload(args: argparse.Namespace, epoch: int, classes: List[str], spec: PreprocessSpec,
                         run: _Run, entry: Dict[str, Any], val_metrics: Dict[str, float],
-                        positive: Optional[int]) -> Dict[str, Any]:
+                        positive: Optional[int], data_record: Dict[str, Any]) -> Dict[str, Any]:
     return {
         # jetson-inference's keys
         "epoch": epoch, "arch": args.arch, "resolution": spec.resolution, "classes": classes,
@@ -137,12 +158,11 @@ def _checkpoint_payload(args: argparse.Namespace, epoch: int, classes: List[str]
         "threshold_policy": args.threshold_policy,
         "positive_class": classes[positive] if positive is not None else None,
         "preprocess": spec.to_dict(), "val_metrics": val_metrics, "history": run.history, "args": vars(args),
+        "head_dropout": args.head_dropout, "data": data_record,
     }
 
 
-def _load_data(args: argparse.Namespace, spec: PreprocessSpec) -> Tuple[List[str], CachedSplit, CachedSplit]:
-    classes = find_classes(os.path.join(args.data, "train"))
-    print(f"=> dataset classes:  {len(classes)} {classes}")
+def _load_data(args: argparse.Namespace, spec: PreprocessSpec, classes: List[str]) -> Tuple[CachedSplit, CachedSplit]:
     train_split = load_split(args.data, "train", classes, spec, args.workers)
     val_split = load_split(args.data, "val", classes, spec, args.workers)
     for split in (train_split, val_split):
@@ -150,7 +170,7 @@ def _load_data(args: argparse.Namespace, spec: PreprocessSpec) -> Tuple[List[str
         print(f"=> {split.name}: {len(split)} images ({counts})")
         for path in split.failures:
             print(f"   left out unreadable image: {path}")
-    return classes, train_split, val_split
+    return train_split, val_split
 
 
 def _finish(args: argparse.Namespace, model: nn.Module, best_path: str, val_split: CachedSplit,
@@ -158,28 +178,36 @@ def _finish(args: argparse.Namespace, model: nn.Module, best_path: str, val_spli
     """Evaluate model_best on val and draw the pictures next to the checkpoints."""
     checkpoint = load_checkpoint(best_path)
     model.load_state_dict(checkpoint["state_dict"])
-    evaluate_checkpoint(args, checkpoint, model, val_split, device)
+    evaluate_checkpoint(checkpoint, model, val_split, device, args.model_dir, args.batch_size)
+    print(f"=> model card: {write_model_card(args.model_dir)}")
 
 
-def _start_run(args: argparse.Namespace, resume: Optional[Dict[str, Any]], classes: List[str],
-               train_split: CachedSplit, device: torch.device, amp_dtype: Optional[torch.dtype]) -> _Run:
+def _build(args: argparse.Namespace, resume: Optional[Dict[str, Any]], classes: List[str]) -> nn.Module:
+    """The model to train, checked against the fine-tuning options before any image is decoded."""
     torch.manual_seed(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
     if resume is None:
-        model = build_model(args.arch, len(classes), args.pretrained, args.weights)
+        model = build_model(args.arch, len(classes), args.pretrained, args.weights, args.head_dropout)
     else:
-        model = load_trained(args.arch, len(classes), resume["state_dict"])
+        model = model_from_checkpoint(resume)
+    finetune.check_options(args, model)
+    return model
+
+
+def _start_run(args: argparse.Namespace, resume: Optional[Dict[str, Any]], model: nn.Module,
+               train_split: CachedSplit, device: torch.device, amp_dtype: Optional[torch.dtype]) -> _Run:
+    generator = torch.Generator().manual_seed(args.seed)
     print(f"=> {args.arch}: {sum(p.numel() for p in model.parameters()):,} parameters; device {device}; "
           f"autocast {amp_dtype or 'off'}; channels_last {args.channels_last}; seed {args.seed}")
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    weights = _class_weights(train_split, len(classes), args.class_weights)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    weights = _class_weights(train_split, model_classes(model), args.class_weights)
+    optimizer = make_optimizer(args, finetune.parameter_groups(model, args))
     run = _Run(model=model,
-               criterion=nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None),
+               criterion=nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None,
+                                             label_smoothing=args.label_smoothing),
                optimizer=optimizer,
-               scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(args.epochs, 1)),
+               scheduler=Schedule(args, optimizer, steps_per_epoch(len(train_split), args.batch_size)),
                scaler=grad_scaler(device, amp_dtype),
                generator=generator,
                best={"metric": args.select_metric, "score": None, "value": None, "epoch": None})
@@ -212,32 +240,42 @@ def train(args: argparse.Namespace) -> int:
     resume = load_checkpoint(_resume_path(args.resume)) if args.resume else None
     if resume is not None:
         args.arch, args.resolution = resume["arch"], int(resume.get("resolution", args.resolution))
+    args.resolution = args.resolution or architecture(args.arch).resolution
     spec = preprocess_spec(resume) if resume is not None else PreprocessSpec(resolution=args.resolution)
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(4), "little") if resume is None else resume["args"]["seed"]
-    os.makedirs(args.model_dir, exist_ok=True)
-    classes, train_split, val_split = _load_data(args, spec)
-    positive = positive_class_index(classes)
+    classes = find_classes(os.path.join(args.data, "train"))
+    print(f"=> dataset classes:  {len(classes)} {classes}")
     if resume is not None and resume["classes"] != classes:
         raise ToolkitError(f"the checkpoint was trained on classes {resume['classes']}, the data has {classes}")
+    model = _build(args, resume, classes)
+    os.makedirs(args.model_dir, exist_ok=True)
+    train_split, val_split = _load_data(args, spec, classes)
+    positive = positive_class_index(classes)
     write_labels(os.path.join(args.model_dir, "labels.txt"), classes)
     print(f"saved class labels to:  {os.path.join(args.model_dir, 'labels.txt')}")
-    run = _start_run(args, resume, classes, train_split, device, amp_dtype)
+    run = _start_run(args, resume, model, train_split, device, amp_dtype)
+    data_record = _data_record(args.data, train_split, val_split)
     write_json(os.path.join(args.model_dir, "args.json"), vars(args))
     writer = _tensorboard_writer(args)
     checkpoint_path = os.path.join(args.model_dir, CHECKPOINT)
     best_path = os.path.join(args.model_dir, BEST)
     augment = AugmentConfig()
+    trainable_before = None
     for epoch in range(run.start_epoch, args.epochs):
         epoch_start = time.perf_counter()
+        trainable, total = finetune.apply(run.model, args, epoch)
+        if trainable != trainable_before:
+            print(f"=> epoch {epoch}: trainable parameters: {trainable:,} of {total:,}")
+            trainable_before = trainable
         lr = run.optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(run.model, train_split, run.criterion, run.optimizer, epoch, spec, augment,
                                 run.generator, device, args.batch_size, amp_dtype, run.scaler, args.channels_last,
-                                args.print_freq)
-        run.scheduler.step()
+                                args.print_freq, run.scheduler.after_batch)
         _, val_loss, threshold, metrics = _validation(run.model, val_split, spec, device, args.batch_size,
                                                       args.channels_last, positive, args.threshold_policy)
         score = _selection_score(metrics, val_loss, args.select_metric)
+        run.scheduler.after_epoch(score[0])
         is_best = run.best["score"] is None or tuple(score) > tuple(run.best["score"])
         if is_best:
             value = -val_loss if args.select_metric == "loss" else metrics[args.select_metric]
@@ -248,7 +286,8 @@ def train(args: argparse.Namespace) -> int:
                  "epoch_seconds": time.perf_counter() - epoch_start,
                  **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}}
         run.history.append(entry)
-        save_atomic(_checkpoint_payload(args, epoch, classes, spec, run, entry, metrics, positive), checkpoint_path)
+        save_atomic(_checkpoint_payload(args, epoch, classes, spec, run, entry, metrics, positive, data_record),
+                    checkpoint_path)
         if is_best:
             copy_atomic(checkpoint_path, best_path)
         plot_training_curves(run.history, os.path.join(args.model_dir, "training_curves.png"))
@@ -256,6 +295,10 @@ def train(args: argparse.Namespace) -> int:
         _print_epoch(epoch, entry, args.select_metric)
         print(f"saved {'best model' if is_best else 'checkpoint'} to:  {best_path if is_best else checkpoint_path}")
         _log_scalars(writer, entry)
+        if args.early_stop and epoch - run.best["epoch"] >= args.early_stop:
+            print(f"=> early stop: no better {args.select_metric} for {args.early_stop} epoch(s) since epoch "
+                  f"{run.best['epoch']}; model_best.pth.tar is that epoch's")
+            break
     if writer is not None:
         writer.close()
     if not os.path.isfile(best_path):
@@ -268,20 +311,32 @@ def _resume_path(path: str) -> str:
     return os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
 
 
-def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Dict[str, Any], model: nn.Module,
-                        split: CachedSplit, device: torch.device) -> Dict[str, float]:
-    """Metrics of ``model`` on ``split`` at the checkpoint's own threshold (never re-tuned on the split)."""
-    spec = preprocess_spec(checkpoint)
+@dataclass
+class Evaluation:
+    classes: List[str]
+    positive: Optional[int]
+    threshold: Optional[float]
+    metrics: Dict[str, float]
+    matrix: List[List[int]]
+    probabilities: np.ndarray
+    targets: np.ndarray
+
+
+def evaluate_checkpoint(checkpoint: Dict[str, Any], model: nn.Module, split: CachedSplit, device: torch.device,
+                        model_dir: str, batch_size: int) -> Evaluation:
+    """Metrics of ``model`` on ``split`` at the checkpoint's own threshold (never re-tuned on the split);
+    metrics.json and the pictures go to MODEL_DIR/eval_<split>/."""
     classes = list(checkpoint["classes"])
     positive = positive_class_index(classes)
     threshold = checkpoint.get("threshold")
     if positive is not None and threshold is None:
         threshold = 0.5
-    probabilities = predict_probabilities(model, split, spec, device, args.batch_size, False, f"evaluate {split.name}")
+    probabilities = predict_probabilities(model, split, preprocess_spec(checkpoint), device, batch_size, False,
+                                          f"evaluate {split.name}")
     targets = split.labels.numpy()
     metrics = evaluate_probabilities(probabilities, targets, positive, threshold)
     matrix = confusion(probabilities, targets, positive, threshold)
-    out_dir = os.path.join(args.model_dir, f"eval_{split.name.replace(os.sep, '_')}")
+    out_dir = os.path.join(model_dir, f"eval_{split.name.replace(os.sep, '_')}")
     files = write_evaluation(out_dir, split.name, classes, probabilities, targets, metrics, matrix, positive,
                              checkpoint.get("history", []),
                              {"checkpoint_epoch": checkpoint.get("epoch"), "threshold_policy": checkpoint.get(
@@ -290,21 +345,26 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Dict[str, Any], mo
                if k in ("auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy") and math.isfinite(v)}
     print(f"=> {split.name} ({len(split)} images, threshold {threshold}): {json.dumps(summary)}")
     print(f"=> wrote {', '.join(files)}")
-    return metrics
+    return Evaluation(classes, positive, threshold, metrics, matrix, probabilities, targets)
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    device = select_device(args.device)
-    path = _resume_path(args.resume) if args.resume else os.path.join(args.model_dir, BEST)
+def evaluate_model_dir(model_dir: str, data: str, split_name: str, device: torch.device, batch_size: int,
+                       workers: int, checkpoint_path: Optional[str] = None) -> Evaluation:
+    """Load MODEL_DIR's model_best (or ``checkpoint_path``) and evaluate it on DATA/split_name."""
+    path = checkpoint_path or os.path.join(model_dir, BEST)
     checkpoint = load_checkpoint(path)
     classes = list(checkpoint.get("classes") or [])
     if not classes:
         raise ToolkitError(f"{path} does not record its class names")
-    spec = preprocess_spec(checkpoint)
-    model = load_trained(checkpoint["arch"], len(classes), checkpoint["state_dict"]).to(device)
-    split = load_split(args.data, args.split, classes, spec, args.workers)
-    os.makedirs(args.model_dir, exist_ok=True)
-    evaluate_checkpoint(args, checkpoint, model, split, device)
+    model = model_from_checkpoint(checkpoint).to(device)
+    split = load_split(data, split_name, classes, preprocess_spec(checkpoint), workers)
+    os.makedirs(model_dir, exist_ok=True)
+    return evaluate_checkpoint(checkpoint, model, split, device, model_dir, batch_size)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    evaluate_model_dir(args.model_dir, args.data, args.split, select_device(args.device), args.batch_size,
+                       args.workers, _resume_path(args.resume) if args.resume else None)
     return 0
 
 

@@ -33,7 +33,7 @@ class TorchBackend(Backend):
         try:
             import torch
             from train.checkpoint import load_checkpoint, model_info
-            from train.model import ClassifierWithCam, load_trained, supports_cam
+            from train.model import ClassifierWithCam, model_from_checkpoint, supports_cam
         except ImportError as err:
             raise BackendError(f"the torch back-end needs torch and torchvision ({err}); "
                                "use --backend onnxruntime or tensorrt") from None
@@ -52,7 +52,7 @@ class TorchBackend(Backend):
         if self.precision not in ("fp16", "fp32"):
             raise BackendError(f"the torch back-end runs fp16 or fp32, not {self.precision}")
         self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
-        model = load_trained(checkpoint["arch"], self.num_classes, checkpoint["state_dict"])
+        model = model_from_checkpoint(checkpoint)
         self.has_cam = supports_cam(model)
         self.model = (ClassifierWithCam(model) if self.has_cam else torch.nn.Sequential(model, torch.nn.Softmax(dim=1)))
         self.model.eval()

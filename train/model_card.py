@@ -1,0 +1,126 @@
+"""A model card beside each trained model, rendered from its checkpoint so it can be regenerated.
+
+    python3 -m train.model_card models/pneumonia      # writes models/pneumonia/MODEL_CARD.md
+
+It states what the model is, what it was trained on (the data manifest's sha256 pins the split),
+the recipe, the validation figures at the shipped threshold, and what it must not be used for.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import Any, Dict, List
+
+from data.synthetic import NOTICE_FILE
+from edge.cli import run_cli
+from edge.files import atomic_path, sha256_file
+from train.checkpoint import BEST, load_checkpoint, preprocess_spec
+from train.model import model_from_checkpoint
+
+CARD = "MODEL_CARD.md"
+_RECIPE_KEYS = ("arch", "pretrained", "weights", "epochs", "batch_size", "optimizer", "lr", "momentum",
+                "weight_decay", "scheduler", "class_weights", "label_smoothing", "head_dropout", "freeze_backbone",
+                "unfreeze_at", "backbone_lr_scale", "train_last", "early_stop", "select_metric", "threshold_policy",
+                "amp", "seed")
+_METRICS = (("auc", "AUC"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity (recall)"),
+            ("specificity", "specificity"), ("ppv", "precision (PPV)"), ("npv", "NPV"), ("f1", "F1"))
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if not math.isfinite(value) else f"{value:.4f}"
+    return str(value)
+
+
+def _is_synthetic(data: str) -> bool:
+    return bool(data) and os.path.isfile(os.path.join(data, NOTICE_FILE))
+
+
+def render(checkpoint: Dict[str, Any], model_dir: str) -> str:
+    args = checkpoint.get("args") or {}
+    data = checkpoint.get("data") or {}
+    metrics = checkpoint.get("val_metrics") or {}
+    spec = preprocess_spec(checkpoint)
+    classes: List[str] = list(checkpoint.get("classes") or [])
+    positive = checkpoint.get("positive_class")
+    parameters = sum(p.numel() for p in model_from_checkpoint(checkpoint).parameters())
+    onnx = os.path.join(model_dir, f"{checkpoint['arch']}.onnx")
+    lines = [
+        f"# Model card: {os.path.basename(os.path.abspath(model_dir))}",
+        "",
+        f"Generated from `{BEST}` by `python3 -m train.model_card {model_dir}`; regenerate it after retraining.",
+        "",
+        "> **Not a diagnostic device.** This model is a research and engineering artefact for chest X-ray "
+        "screening pipelines. It must not be used to diagnose, treat or triage patients.",
+        "",
+        "## Model",
+        f"- Architecture: `{checkpoint['arch']}`, {parameters:,} parameters",
+        f"- Input: {spec.resolution} x {spec.resolution}, the whole frame stretched, grey replicated to RGB, "
+        f"ImageNet mean/std (`edge/preprocess.py`, spec version {spec.version})",
+        f"- Output: softmax probabilities over {', '.join(classes)}",
+        f"- Decision: {positive} when its probability is at least {_number(checkpoint.get('threshold'))} "
+        f"(policy `{checkpoint.get('threshold_policy')}`, chosen on validation data)" if positive else
+        "- Decision: the most probable class",
+        f"- Checkpoint: epoch {checkpoint.get('epoch')} of {args.get('epochs', '?')}, selected by "
+        f"{(checkpoint.get('best') or {}).get('metric', '?')}",
+    ]
+    if os.path.isfile(onnx):
+        lines.append(f"- ONNX: `{os.path.basename(onnx)}`, sha256 `{sha256_file(onnx)}`")
+    lines += [
+        "",
+        "## Data",
+        f"- Data set: `{data.get('path', args.get('data', '?'))}`, {data.get('train_images', '?')} training and "
+        f"{data.get('val_images', '?')} validation images",
+        f"- Split manifest sha256: `{data.get('manifest_sha256') or 'no manifest.csv (not made by data/prepare.py)'}`",
+        "- Validation is a patient-grouped split of the training data (data/prepare.py); no test image "
+        "influenced training, model selection or the threshold.",
+    ]
+    if _is_synthetic(data.get("path", "")):
+        lines.append("- **Trained on SYNTHETIC images** (data/synthetic.py): a pipeline demonstration, not a "
+                     "model of real X-rays.")
+    lines += ["", "## Recipe", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {key} | `{args[key]}` |" for key in _RECIPE_KEYS if key in args]
+    lines += ["", f"## Validation figures (at threshold {_number(checkpoint.get('threshold'))})", "",
+              "| metric | value |", "|---|---|"]
+    lines += [f"| {label} | {_number(metrics[key])} |" for key, label in _METRICS if key in metrics]
+    if {"tp", "fp", "tn", "fn"} <= set(metrics):
+        lines.append(f"| confusion (TP, FP, TN, FN) | {metrics['tp']}, {metrics['fp']}, {metrics['tn']}, "
+                     f"{metrics['fn']} |")
+    lines += [
+        "",
+        "## Intended use and limits",
+        "- Intended: developing and benchmarking screening pipelines on frontal chest X-rays like the training "
+        "data, with a clinician making every decision.",
+        "- The Kermany et al. data (the usual training set) are pediatric (ages 1-5) anterior-posterior X-rays "
+        "from one hospital; adults, lateral views, other hospitals and other devices are out of distribution.",
+        "- Validation figures are in-distribution. On images from other sites, specificity in particular "
+        "drops; measure on your own data before relying on any figure here.",
+        "- The threshold trades sensitivity for specificity; it was chosen on validation data and may need "
+        "re-choosing (on held-out data from the target site) before use there.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(model_dir: str) -> str:
+    checkpoint = load_checkpoint(os.path.join(model_dir, BEST))
+    path = os.path.join(model_dir, CARD)
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(render(checkpoint, model_dir))
+    return path
+
+
+def main(args: argparse.Namespace) -> int:
+    print(f"=> model card written to {write_model_card(args.model_dir)}")
+    return 0
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description="Write MODEL_CARD.md from a model dir's model_best.pth.tar.")
+    parser.add_argument("model_dir", help="folder holding model_best.pth.tar")
+    run_cli(lambda: main(parser.parse_args()), "train.model_card")
+
+
+if __name__ == "__main__":
+    cli()
