@@ -30,7 +30,7 @@ from edge.cli import ToolkitError, run_cli  # noqa: E402
 from edge.deployed_model import DeployedModel  # noqa: E402
 from train.checkpoint import BEST, load_checkpoint  # noqa: E402
 from train.hardware import select_device  # noqa: E402
-from train.main import Evaluation, evaluate_model_dir  # noqa: E402
+from train.evaluate import Evaluation, evaluate_model_dir  # noqa: E402
 from train.model import model_from_checkpoint  # noqa: E402
 from train.report import plot_confusion, write_json  # noqa: E402
 

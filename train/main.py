@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -21,7 +20,6 @@ import torch.nn as nn
 from edge.cli import ToolkitError, run_cli
 from edge.files import sha256_file
 from edge.labels import write_labels
-from edge.model_info import default_positive_class
 from edge.preprocess import PreprocessSpec
 from train.args import get_args_parser
 from train.augment import AugmentConfig
@@ -30,17 +28,13 @@ from train.dataset import CachedSplit, find_classes, load_split
 from train import finetune
 from train.architectures import architecture
 from train.engine import predict_probabilities, steps_per_epoch, train_one_epoch
+from train.evaluate import evaluate_checkpoint, evaluate_model_dir, positive_class_index
 from train.hardware import grad_scaler, select_amp, select_device
-from train.metrics import choose_threshold, confusion, evaluate_probabilities, parse_policy
+from train.metrics import choose_threshold, evaluate_probabilities, parse_policy
 from train.model import build_model, model_classes, model_from_checkpoint
 from train.model_card import write_model_card
 from train.optim import Schedule, make_optimizer
-from train.report import plot_training_curves, write_evaluation, write_history_csv, write_json
-
-
-def positive_class_index(classes: List[str]) -> Optional[int]:
-    name = default_positive_class(classes)
-    return classes.index(name) if name is not None else None
+from train.report import plot_training_curves, write_history_csv, write_json
 
 
 def _class_weights(split: CachedSplit, num_classes: int, mode: str) -> Optional[torch.Tensor]:
@@ -309,57 +303,6 @@ def train(args: argparse.Namespace) -> int:
 
 def _resume_path(path: str) -> str:
     return os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
-
-
-@dataclass
-class Evaluation:
-    classes: List[str]
-    positive: Optional[int]
-    threshold: Optional[float]
-    metrics: Dict[str, float]
-    matrix: List[List[int]]
-    probabilities: np.ndarray
-    targets: np.ndarray
-
-
-def evaluate_checkpoint(checkpoint: Dict[str, Any], model: nn.Module, split: CachedSplit, device: torch.device,
-                        model_dir: str, batch_size: int) -> Evaluation:
-    """Metrics of ``model`` on ``split`` at the checkpoint's own threshold (never re-tuned on the split);
-    metrics.json and the pictures go to MODEL_DIR/eval_<split>/."""
-    classes = list(checkpoint["classes"])
-    positive = positive_class_index(classes)
-    threshold = checkpoint.get("threshold")
-    if positive is not None and threshold is None:
-        threshold = 0.5
-    probabilities = predict_probabilities(model, split, preprocess_spec(checkpoint), device, batch_size, False,
-                                          f"evaluate {split.name}")
-    targets = split.labels.numpy()
-    metrics = evaluate_probabilities(probabilities, targets, positive, threshold)
-    matrix = confusion(probabilities, targets, positive, threshold)
-    out_dir = os.path.join(model_dir, f"eval_{split.name.replace(os.sep, '_')}")
-    files = write_evaluation(out_dir, split.name, classes, probabilities, targets, metrics, matrix, positive,
-                             checkpoint.get("history", []),
-                             {"checkpoint_epoch": checkpoint.get("epoch"), "threshold_policy": checkpoint.get(
-                                 "threshold_policy"), "images": split.paths})
-    summary = {k: round(v, 4) for k, v in metrics.items()
-               if k in ("auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy") and math.isfinite(v)}
-    print(f"=> {split.name} ({len(split)} images, threshold {threshold}): {json.dumps(summary)}")
-    print(f"=> wrote {', '.join(files)}")
-    return Evaluation(classes, positive, threshold, metrics, matrix, probabilities, targets)
-
-
-def evaluate_model_dir(model_dir: str, data: str, split_name: str, device: torch.device, batch_size: int,
-                       workers: int, checkpoint_path: Optional[str] = None) -> Evaluation:
-    """Load MODEL_DIR's model_best (or ``checkpoint_path``) and evaluate it on DATA/split_name."""
-    path = checkpoint_path or os.path.join(model_dir, BEST)
-    checkpoint = load_checkpoint(path)
-    classes = list(checkpoint.get("classes") or [])
-    if not classes:
-        raise ToolkitError(f"{path} does not record its class names")
-    model = model_from_checkpoint(checkpoint).to(device)
-    split = load_split(data, split_name, classes, preprocess_spec(checkpoint), workers)
-    os.makedirs(model_dir, exist_ok=True)
-    return evaluate_checkpoint(checkpoint, model, split, device, model_dir, batch_size)
 
 
 def evaluate(args: argparse.Namespace) -> int:
