@@ -31,7 +31,9 @@ def blend_heatmap(image_bgr: np.ndarray, evidence: np.ndarray, alpha: float = HE
         return image_bgr.copy()  # nothing points towards the class: leave the image untouched
     height, width = image_bgr.shape[:2]
     weight = cv2.resize(np.clip(evidence / peak, 0, 1).astype(np.float32), (width, height),
-                        interpolation=cv2.INTER_CUBIC).clip(0, 1)
-    colours = cv2.applyColorMap(np.rint(weight * 255).astype(np.uint8), cv2.COLORMAP_JET).astype(np.float32)
-    mix = (alpha * weight)[:, :, None]
-    return np.rint(image_bgr.astype(np.float32) * (1 - mix) + colours * mix).astype(np.uint8)
+                        interpolation=cv2.INTER_LINEAR)
+    colours = cv2.applyColorMap(cv2.convertScaleAbs(weight, alpha=255), cv2.COLORMAP_JET)
+    mix = weight * alpha
+    # OpenCV's per-pixel blend runs vectorised and threaded: on a 2000 px X-ray it is several times
+    # faster than the same arithmetic in numpy.
+    return cv2.blendLinear(image_bgr, colours, 1.0 - mix, mix)
