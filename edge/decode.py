@@ -40,6 +40,11 @@ def read_bytes(path: str) -> bytes:
     return data
 
 
+def is_dicom(data: bytes) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
+    return data[128:132] == b"DICM"
+
+
 def is_jpeg(data: bytes) -> bool:
     return data[:3] == b"\xff\xd8\xff"
 
@@ -100,7 +105,7 @@ def decode_grey(data: bytes, name: str = "<bytes>", min_side: int = 0) -> np.nda
     and alpha is treated as coverage over black. With ``min_side`` > 0,
     a JPEG is decoded at the largest 1/2, 1/4 or 1/8 scale whose short side stays >= ``min_side``.
     """
-    if data[128:132] == b"DICM" or name.lower().endswith(".dcm"):
+    if is_dicom(data) or name.lower().endswith(".dcm"):
         from edge.dicom import decode_dicom  # imported on demand: it needs pydicom, and imports this module
         return decode_dicom(data, name)
     buffer = np.frombuffer(data, np.uint8)

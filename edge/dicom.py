@@ -18,16 +18,9 @@ import numpy as np
 
 from edge.decode import ImageDecodeError
 
-DICOM_MAGIC_OFFSET = 128
-
 
 class DicomError(ImageDecodeError):
     """A DICOM file that cannot be turned into an image."""
-
-
-def is_dicom(data: bytes) -> bool:
-    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
-    return data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == b"DICM"
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterator, List, Tuple
 
 from edge.cli import ToolkitError
-from edge.decode import decode_grey, read_bytes, to_grey
+from edge.decode import decode_grey, is_dicom, read_bytes, to_grey
 from edge.frames import Frame
 from edge.preprocess import PreprocessSpec, resize_to_network
 from edge.video_source import STREAM_SCHEMES, CaptureOptions, VideoSource, is_video_uri
@@ -43,7 +43,7 @@ def _is_dicom_without_extension(path: str) -> bool:
         return False
     try:
         with open(path, "rb") as handle:
-            return handle.read(132)[128:] == b"DICM"
+            return is_dicom(handle.read(132))
     except OSError:
         return False
 

@@ -35,7 +35,7 @@ from edge.cli import ToolkitError, add_bool_flag, run_cli
 from edge.model_info import CAM_OUTPUT, ModelInfo
 from data.synthetic import synthetic_xray
 from edge.preprocess import PreprocessSpec, load_for_network, normalize, resize_to_network
-from edge.sources import is_image_name
+from edge.sources import SourceError, expand_input
 from edge.files import sha256_file
 from train.checkpoint import BEST, load_checkpoint, model_info
 from train.model import ClassifierWithCam, model_from_checkpoint, supports_cam
@@ -113,9 +113,10 @@ def _verification_images(folder: Optional[str], spec: PreprocessSpec) -> Tuple[n
     """Up to VERIFY_IMAGES real images spread over ``folder``, as uint8 network-size arrays."""
     paths: List[str] = []
     if folder and os.path.isdir(folder):
-        for root, dirs, files in os.walk(folder, followlinks=True):
-            dirs.sort()
-            paths.extend(os.path.join(root, f) for f in sorted(files) if is_image_name(f))
+        try:
+            paths = [image.path for image in expand_input(folder)[0]]
+        except SourceError:
+            paths = []
     if paths:
         chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, min(VERIFY_IMAGES, len(paths))).astype(int)]
         images = []
