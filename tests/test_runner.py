@@ -104,9 +104,15 @@ def test_ctrl_c_finalises_the_video_and_prints_a_summary(xray_video, exported_on
                "--input-loop", "-1", "-q"]
     process = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(6)  # a few passes over the looping video
+    started = []
+    for line in process.stdout:  # the pipeline starts once the output is announced
+        started.append(line)
+        if line.startswith("output:"):
+            break
+    time.sleep(3)  # a few passes over the looping video
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
+    stdout = "".join(started) + stdout
     assert process.returncode == 0, stderr
     assert "stopped by Ctrl+C" in stdout
     classified = int(re.search(r"classified (\d+) frame", stdout).group(1))
