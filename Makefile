@@ -27,6 +27,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.train_epoch
 	$(PY) -m bench.classify_images
+	$(PY) -m bench.classify_throughput
 
 clean-demo:
 	rm -rf data/synthetic data/synthetic_download models/demo out.jpg

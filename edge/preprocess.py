@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Tuple
 
 import cv2
 import numpy as np
@@ -112,8 +112,3 @@ def normalize(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     mean = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
     return np.ascontiguousarray((scaled[:, None, :, :] - mean) / std)
-
-
-def preprocess_files(paths: Sequence[str], spec: PreprocessSpec) -> np.ndarray:
-    """Convenience for small batches: files -> float32 ``N x 3 x R x R``."""
-    return normalize(np.stack([load_for_network(p, spec) for p in paths]), spec)
