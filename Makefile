@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) -m bench.train_epoch
+	$(PY) -m bench.train_recipes
 	$(PY) -m bench.classify_images
 	$(PY) -m bench.classify_throughput
 

@@ -75,10 +75,11 @@ def synthetic_xray(rng: np.random.Generator, pneumonia: bool, height: int, width
 
 
 def _file_name(label: str, patient: int, image_number: int, rng: np.random.Generator) -> str:
-    # The official naming, so patient grouping is exercised: see data/patients.py.
+    # The official naming, so patient grouping is exercised: see data/patients.py. Normal images come
+    # in the real set's two series, IM-* and NORMAL2-IM-* (bench/train_recipes.py holds one out).
     if label == "PNEUMONIA":
         return f"person{patient}_{'bacteria' if rng.random() < 0.65 else 'virus'}_{image_number}.jpeg"
-    return f"IM-{patient:04d}-{image_number:04d}.jpeg"
+    return f"{'NORMAL2-' if patient % 2 else ''}IM-{patient:04d}-{image_number:04d}.jpeg"
 
 
 def generate(output: str, counts: Dict[str, int], seed: int = 0, max_side: int = 1200) -> str:

@@ -6,7 +6,10 @@ An image becomes network input in three steps, each a function here:
    scale when they are much larger than the network input;
 2. ``resize_to_network``: grey array -> uint8 ``R x R`` image. The whole frame is stretched (no centre
    crop: an X-ray must not lose lung fields; jetson-inference stretches the whole frame too).
-   High-bit-depth pixels are windowed to their own min..max first;
+   High-bit-depth pixels are windowed to their own min..max first. Then, when the spec asks for it,
+   the ``R x R`` image is equalised (``equalize``): global histogram equalisation or CLAHE maps
+   every image's grey levels onto the same spread, which removes much of the exposure, contrast and
+   processing difference between X-ray machines and sites;
 3. ``normalize``: uint8 ``N x R x R`` -> float32 ``N x 3 x R x R``, grey replicated to RGB and
    normalised with ImageNet mean/std, so ImageNet weights and jetson-inference's imagenet.py apply.
 
@@ -28,6 +31,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+EQUALIZATIONS = ("none", "hist", "clahe")
+# CLAHE at network resolution: 8x8 tiles (28 px at 224) and OpenCV's customary clip limit.
+_CLAHE_CLIP_LIMIT = 2.0
+_CLAHE_TILES = (8, 8)
 
 
 @dataclass(frozen=True)
@@ -45,10 +52,15 @@ class PreprocessSpec:
     jpeg_reduce_min_ratio: int = 2
     channels: str = "grey->rgb"
     version: int = 1
+    # Applied to the R x R image. "none" is what a spec written before this field existed means, and
+    # such a spec is saved without the field so older toolkits still read it.
+    equalize: str = "none"
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"unknown interpolation {self.interpolation!r}; choose from {sorted(_INTERPOLATIONS)}")
+        if self.equalize not in EQUALIZATIONS:
+            raise ValueError(f"unknown equalization {self.equalize!r}; choose from {', '.join(EQUALIZATIONS)}")
         if self.resolution < 32:
             raise ValueError(f"resolution {self.resolution} is too small (minimum 32)")
 
@@ -60,6 +72,8 @@ class PreprocessSpec:
         data = asdict(self)
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
+        if self.equalize == "none":
+            del data["equalize"]
         return data
 
     def to_json(self) -> str:
@@ -91,9 +105,19 @@ def window_to_uint8(grey: np.ndarray) -> np.ndarray:
 
 
 def resize_to_network(grey: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Grey image of any size and depth -> uint8 ``R x R`` (whole frame, aspect not kept)."""
+    """Grey image of any size and depth -> uint8 ``R x R`` (whole frame, aspect not kept), equalised
+    when the spec says so."""
     size = (spec.resolution, spec.resolution)
-    return cv2.resize(window_to_uint8(grey), size, interpolation=_INTERPOLATIONS[spec.interpolation])
+    return equalize(cv2.resize(window_to_uint8(grey), size, interpolation=_INTERPOLATIONS[spec.interpolation]), spec)
+
+
+def equalize(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 ``R x R`` -> the same, equalised as ``spec.equalize`` says (a copy-free pass for "none")."""
+    if spec.equalize == "hist":
+        return cv2.equalizeHist(image)
+    if spec.equalize == "clahe":
+        return cv2.createCLAHE(clipLimit=_CLAHE_CLIP_LIMIT, tileGridSize=_CLAHE_TILES).apply(image)
+    return image
 
 
 def load_for_network(path: str, spec: PreprocessSpec) -> np.ndarray:

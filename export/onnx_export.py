@@ -4,7 +4,8 @@
 
 The ONNX takes ``input_0`` float32 [N, 3, R, R] (ImageNet-normalised, see edge/preprocess.py) and
 gives ``output_0`` float32 [N, C] softmax probabilities, jetson-inference's names and semantics, so
-``imagenet.py --model=.../resnet18.onnx --input_blob=input_0 --output_blob=output_0`` runs it too.
+``imagenet.py --model=.../resnet18.onnx --input_blob=input_0 --output_blob=output_0`` runs it too
+(for a model trained with ``--equalize none``: imagenet.py does not equalise its input).
 
 Opset 13 (IR 7) by default: the newest opset that TensorRT 8.2 (JetPack 4.6, the last JetPack for the
 Jetson Nano) parses, and what every later TensorRT reads. The TorchScript exporter is used because
@@ -187,6 +188,10 @@ def export(args: argparse.Namespace) -> str:
     print(f"   input_0 float32 [{'N' if args.dynamic_batch else 1},3,{spec.resolution},{spec.resolution}] -> "
           f"output_0 float32 [{'N' if args.dynamic_batch else 1},{len(classes)}] probabilities of {classes}"
           + (f", {CAM_OUTPUT} class activation maps" if with_cam else "") + f"; threshold {info.threshold}")
+    if spec.equalize != "none":
+        print(f"   expects {spec.equalize}-equalised input (recorded in its metadata; classify.py and the INT8 "
+              "calibrator apply it): jetson-inference's imagenet.py does not equalise, so train with "
+              "--equalize none for it")
     return output
 
 

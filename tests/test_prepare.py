@@ -163,7 +163,7 @@ def test_mendeley_layout_without_val_beside_another_data_set(download, tmp_path)
     shutil.copytree(os.path.join(download, "chest_xray", "test"), cell / "chest_xray" / "test")
     for name in ("CNV", "DME"):
         (cell / "OCT" / "train" / name).mkdir(parents=True)
-        shutil.copy(os.path.join(download, "chest_xray", "train", "NORMAL", "IM-0001-0001.jpeg"),
+        shutil.copy(os.path.join(download, "chest_xray", "train", "NORMAL", "NORMAL2-IM-0001-0001.jpeg"),
                     cell / "OCT" / "train" / name / "CNV-1-1.jpeg")
     report = _prepare(str(tmp_path / "mendeley"), str(tmp_path / "out"))
     assert report["root"] == "CellData/chest_xray" and report["official_val_folded"] == 0

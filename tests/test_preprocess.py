@@ -114,6 +114,6 @@ def test_spec_round_trips_and_rejects_unknown_fields():
     spec = PreprocessSpec(resolution=256, interpolation="linear")
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="upgrade"):
-        PreprocessSpec.from_dict({**spec.to_dict(), "equalize": True})
+        PreprocessSpec.from_dict({**spec.to_dict(), "denoise": True})
     with pytest.raises(ValueError, match="interpolation"):
         PreprocessSpec(interpolation="cubic-ish")

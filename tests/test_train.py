@@ -97,6 +97,14 @@ def test_pretrained_without_network_says_what_to_do(tmp_path, prepared_data):
     assert "cannot download ImageNet weights" in message and "--weights" in message and "--no-pretrained" in message
 
 
+def _assert_trained_from(start_weights: dict, model_dir) -> None:
+    trained = load_checkpoint(str(model_dir / "model_best.pth.tar"))["state_dict"]
+    start, end = start_weights["layer4.1.conv2.weight"], trained["layer4.1.conv2.weight"]
+    assert not torch.equal(start, end)  # trained from there...
+    moved = (end - start).norm() / start.norm()
+    assert moved < 0.2, moved  # ...not from a new random start (an independent init differs by about 1.4)
+
+
 def test_local_weights_file_with_dataparallel_prefix_starts_training(tmp_path, prepared_data):
     imagenet_like = torchvision.models.resnet18().state_dict()
     weights = tmp_path / "resnet18.pth"
@@ -105,11 +113,26 @@ def test_local_weights_file_with_dataparallel_prefix_starts_training(tmp_path, p
     result = run_script("train.py", *train_args(prepared_data, str(model_dir), "--epochs", "1", "--weights",
                                                 str(weights)))
     assert result.returncode == 0, result.stderr
-    trained = load_checkpoint(str(model_dir / "model_best.pth.tar"))["state_dict"]
-    start, end = imagenet_like["layer4.1.conv2.weight"], trained["layer4.1.conv2.weight"]
-    assert not torch.equal(start, end)  # trained from there...
-    moved = (end - start).norm() / start.norm()
-    assert moved < 0.2, moved  # ...not from a new random start (an independent init differs by about 1.4)
+    _assert_trained_from(imagenet_like, model_dir)
+
+
+def test_default_recipe_with_pretrained_uses_the_imagenet_weights_torchvision_finds(tmp_path, prepared_data):
+    # torchvision looks for its download in TORCH_HOME/hub/checkpoints first; a file put there is what
+    # an online user's first run leaves, so --pretrained runs the full default recipe offline.
+    imagenet_like = torchvision.models.resnet18().state_dict()
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(imagenet_like, cache / os.path.basename(torchvision.models.ResNet18_Weights.DEFAULT.url))
+    offline = {"TORCH_HOME": str(tmp_path / "torch"), "HTTPS_PROXY": "http://127.0.0.1:9",
+               "https_proxy": "http://127.0.0.1:9"}
+    model_dir = tmp_path / "pretrained"
+    args = [a for a in train_args(prepared_data, str(model_dir), "--epochs", "1") if a != "--no-pretrained"]
+    result = run_script("train.py", *args, "--pretrained", env=offline)
+    assert result.returncode == 0, result.stderr
+    _assert_trained_from(imagenet_like, model_dir)
+    recipe = load_checkpoint(str(model_dir / "model_best.pth.tar"))
+    assert recipe["args"]["pretrained"] and recipe["args"]["augment"] == "strong"
+    assert recipe["preprocess"]["equalize"] == "hist"
 
 
 def test_threshold_policies():

@@ -5,12 +5,15 @@ import argparse
 import os
 
 from edge.cli import add_bool_flag
+from edge.preprocess import EQUALIZATIONS
+from train.augment import AUGMENTATIONS, DEFAULT_AUGMENTATION
 from train.architectures import ARCHITECTURES
 from train.hardware import AMP_CHOICES
 from train.metrics import DEFAULT_POLICY
 from train.optim import OPTIMIZERS, SCHEDULERS
 
 SELECT_METRICS = ("auc", "balanced_accuracy", "accuracy", "loss")
+DEFAULT_EQUALIZATION = "hist"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -24,12 +27,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", type=int, default=None,
                         help="network input is RESOLUTION x RESOLUTION (default: the architecture's: 224, "
                              "299 for xception, 128 for compact_cnn)")
+    parser.add_argument("--equalize", choices=EQUALIZATIONS, default=DEFAULT_EQUALIZATION,
+                        help="per-image equalisation, part of the preprocessing the device repeats (saved in the "
+                             "checkpoint and the ONNX): hist (global histogram equalisation: every image gets the "
+                             "same grey-level spread, whatever the exposure, contrast or gamma of its machine), "
+                             "clahe (local contrast only) or none (the ONNX then also runs in jetson-inference's "
+                             "imagenet.py, which does not equalise)")
+    parser.add_argument("--augment", choices=sorted(AUGMENTATIONS), default=DEFAULT_AUGMENTATION,
+                        help="augmentation preset (train/augment.py): strong adds wide zoom, rotation, contrast, "
+                             "gamma, blur and noise, so the model does not learn one site's look")
     parser.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="threads that decode images into the cache")
     parser.add_argument("--epochs", type=int, default=35, help="total epochs")
     parser.add_argument("-b", "--batch-size", type=int, default=32, help="images per step")
-    parser.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.01,
-                        help="initial learning rate (of the head, when the backbone has its own)")
+    parser.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None,
+                        help="initial learning rate (of the head, when the backbone has its own); default: 0.01 "
+                             "per 32 images of global batch (batch size x torchrun processes)")
+    parser.add_argument("--warmup-epochs", type=int, default=None,
+                        help="linear warm-up from 10%% of --lr (cosine and step schedules); default: 2 when the "
+                             "global batch is above 32, else 0")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     parser.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4, help="weight decay")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="optimizer")
@@ -78,6 +94,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold-policy", default=DEFAULT_POLICY,
                         help="how the decision threshold is chosen on validation data: youden, "
                              "sensitivity:0.95 or fixed:0.5")
+    add_bool_flag(parser, "robust-threshold", True,
+                  "choose the threshold and model_best on validation plus a degraded copy of it (train/shift.py), "
+                  "not on in-distribution validation alone")
+    add_bool_flag(parser, "calibrate", True,
+                  "fit a temperature to the same images at the end and fold it into model_best's last layer, so "
+                  "the confidence the device shows is calibrated (decisions and AUC do not change)")
     parser.add_argument("--select-metric", choices=SELECT_METRICS, default="auc",
                         help="validation metric that picks model_best (ties: lower validation loss)")
     add_bool_flag(parser, "tensorboard", True, "log scalars to MODEL_DIR/tensorboard when tensorboard is installed")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -23,6 +24,7 @@ class EpochStats:
     accuracy: float     # argmax accuracy on augmented training batches, in percent (jetson-inference)
     seconds: float
     images_per_second: float
+    images: int         # trained on (a DDP job's: every rank's, DistributedSampler's padding included)
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -43,23 +45,56 @@ def steps_per_epoch(images: int, batch_size: int) -> int:
     return images // batch_size + (1 if images % batch_size > 1 else 0)
 
 
+def on_training_device(split: CachedSplit, device: torch.device) -> CachedSplit:
+    """``split`` with its images and labels moved once onto the training GPU when they take at most half
+    of its free memory (the other half is for the model, its optimizer and activations); otherwise, and
+    for any other device, as it is: each batch is then copied over through pinned memory."""
+    if device.type != "cuda":
+        return split
+    size = split.images.numel() * split.images.element_size() + split.labels.numel() * split.labels.element_size()
+    free, _ = torch.cuda.mem_get_info(device)
+    if size > free // 2:
+        print(f"=> {split.name} images stay in host memory: {size / 2**20:.0f} MiB is more than half of the "
+              f"{free / 2**20:.0f} MiB free on {device}")
+        return split
+    print(f"=> {split.name} images held on {device} ({size / 2**20:.0f} MiB)")
+    return dataclasses.replace(split, images=split.images.to(device), labels=split.labels.to(device))
+
+
+def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if batch.device.type == device.type:
+        return batch
+    if device.type == "cuda":
+        batch = batch.pin_memory()  # so that the copy below runs asynchronously
+    return batch.to(device, non_blocking=True)
+
+
 def train_one_epoch(model: nn.Module, split: CachedSplit, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     epoch: int, spec: PreprocessSpec, augment: AugmentConfig, generator: torch.Generator,
                     device: torch.device, batch_size: int, amp_dtype: Optional[torch.dtype],
                     scaler: Optional[Any], channels_last: bool, print_freq: int,
-                    after_step: Optional[Callable[[], None]] = None) -> EpochStats:
+                    after_step: Optional[Callable[[], None]] = None,
+                    order: Optional[torch.Tensor] = None) -> EpochStats:
+    """One pass over ``order`` (default: a permutation of the split drawn from ``generator``; under DDP
+    this rank's shard), with the split's tensors on the training device or on the host."""
     model.train()
     freeze_batch_norm_statistics(model)
-    order = torch.randperm(len(split), generator=generator)
+    if order is None:
+        order = torch.randperm(len(split), generator=generator)
+    order = order.to(split.images.device)
     steps = steps_per_epoch(len(order), batch_size)
-    total_loss = total_correct = seen = 0.0
-    start = time.perf_counter()
+    # Sums stay on the device: reading one waits for the GPU, so that happens only for a batch line,
+    # the progress bar (at most once a second) and the epoch's result.
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    total_correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    start = shown = time.perf_counter()
     progress = tqdm(range(steps), desc=f"epoch {epoch} train", unit="batch", leave=False, disable=None)
     for step in progress:
         step_start = time.perf_counter()
         index = order[step * batch_size:(step + 1) * batch_size]
-        images = split.images[index].to(device, non_blocking=True)
-        targets = split.labels[index].to(device, non_blocking=True)
+        images = _to_device(split.images[index], device)
+        targets = _to_device(split.labels[index], device)
         inputs = augment_batch(images, spec, augment, generator)
         if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -77,18 +112,22 @@ def train_one_epoch(model: nn.Module, split: CachedSplit, criterion: nn.Module, 
         if after_step is not None:
             after_step()
         count = len(index)
-        batch_loss = float(loss.detach())
-        batch_accuracy = float((outputs.argmax(1) == targets).float().mean()) * 100
-        total_loss += batch_loss * count
-        total_correct += batch_accuracy * count
+        batch_loss = loss.detach()
+        batch_correct = (outputs.argmax(1) == targets).sum()
+        total_loss += batch_loss.double() * count
+        total_correct += batch_correct
         seen += count
-        progress.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{total_correct / seen:.1f}")
+        if not progress.disable and time.perf_counter() - shown >= 1.0:
+            progress.set_postfix(loss=f"{float(total_loss) / seen:.4f}", acc=f"{float(total_correct) * 100 / seen:.1f}")
+            shown = time.perf_counter()
         if print_freq and (step % print_freq == 0 or step == steps - 1):
-            tqdm.write(_batch_line(epoch, step, steps, time.perf_counter() - step_start, batch_loss,
-                                   total_loss / seen, batch_accuracy, total_correct / seen))
+            values = (float(batch_loss), float(total_loss) / seen, float(batch_correct) * 100 / count,
+                      float(total_correct) * 100 / seen)
+            tqdm.write(_batch_line(epoch, step, steps, time.perf_counter() - step_start, *values))
     progress.close()
+    mean_loss, accuracy = float(total_loss) / max(seen, 1), float(total_correct) * 100 / max(seen, 1)
     seconds = time.perf_counter() - start
-    return EpochStats(total_loss / max(seen, 1), total_correct / max(seen, 1), seconds, seen / max(seconds, 1e-9))
+    return EpochStats(mean_loss, accuracy, seconds, seen / max(seconds, 1e-9), seen)
 
 
 @torch.inference_mode()

@@ -19,10 +19,10 @@ from train.checkpoint import BEST, load_checkpoint, preprocess_spec
 from train.model import model_from_checkpoint
 
 CARD = "MODEL_CARD.md"
-_RECIPE_KEYS = ("arch", "pretrained", "weights", "epochs", "batch_size", "optimizer", "lr", "momentum",
-                "weight_decay", "scheduler", "class_weights", "label_smoothing", "head_dropout", "freeze_backbone",
-                "unfreeze_at", "backbone_lr_scale", "train_last", "early_stop", "select_metric", "threshold_policy",
-                "amp", "seed")
+_RECIPE_KEYS = ("arch", "pretrained", "weights", "equalize", "augment", "epochs", "batch_size", "optimizer", "lr",
+                "warmup_epochs", "momentum", "weight_decay", "scheduler", "class_weights", "label_smoothing",
+                "head_dropout", "freeze_backbone", "unfreeze_at", "backbone_lr_scale", "train_last", "early_stop",
+                "select_metric", "threshold_policy", "robust_threshold", "amp", "seed")
 _METRICS = (("auc", "AUC"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity (recall)"),
             ("specificity", "specificity"), ("ppv", "precision (PPV)"), ("npv", "NPV"), ("f1", "F1"))
 
@@ -87,6 +87,8 @@ def render(checkpoint: Dict[str, Any], model_dir: str) -> str:
     if {"tp", "fp", "tn", "fn"} <= set(metrics):
         lines.append(f"| confusion (TP, FP, TN, FN) | {metrics['tp']}, {metrics['fp']}, {metrics['tn']}, "
                      f"{metrics['fn']} |")
+    lines += [f"| {label} on the shifted copy of validation (train/shift.py) | {_number(metrics['shifted_' + key])} |"
+              for key, label in _METRICS if "shifted_" + key in metrics]
     lines += [
         "",
         "## Intended use and limits",

@@ -1,0 +1,283 @@
+"""Accuracy under shift and training speed: train.py's default recipe against jetson-inference's.
+
+    python3 -m bench.train_recipes                        # 224 px, 5 epochs each, series IM held out
+    python3 -m bench.train_recipes --epochs 35 --device cuda
+    python3 -m bench.train_recipes --recipes ours --ours-args "--equalize none --augment light"
+
+Both recipes train ResNet-18 from scratch on the same images in the same process, and both are
+scored the same way on the patient-grouped validation split and on every shift proxy:
+
+- the degraded copies of validation from train/shift.py (contrast, gamma, noise, resolution, mixed);
+- ``series``: one acquisition series of normal images held out of training altogether. The normal
+  images of this data set come in two series, ``IM-*`` and ``NORMAL2-IM-*``; with ``--holdout-series
+  IM`` the ``IM-*`` normals of train and val are removed from both, and the proxy is those unseen
+  normals plus the validation pneumonia images. A model that learnt one series' look as "normal"
+  calls the other one pneumonia: the specificity collapse seen on the official test split.
+
+Ours is ``train.py`` with its defaults (plus ``--ours-args``), scored at the threshold it saved.
+jetson-inference's recipe is its train.py as plain torchvision code: ImageFolder + DataLoader decoding
+every image every epoch, RandomResizedCrop + horizontal flip, batch 8, SGD lr 0.1 momentum 0.9,
+weight decay 1e-4, the learning rate divided by 10 after 30/35 of the epochs, fp32; model_best is
+the epoch with the best validation accuracy, and it decides by argmax (threshold 0.5), as
+jetson-inference's imagenet.py does. Fewer epochs than 35 scale its step decay along.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from tqdm import tqdm
+
+from edge.cli import ToolkitError, run_cli
+from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
+from train.checkpoint import load_checkpoint, preprocess_spec
+from train.dataset import CachedSplit, find_classes, list_images
+from train.engine import predict_probabilities
+from train.evaluate import positive_class_index
+from train.hardware import select_device
+from train.metrics import binary_metrics
+from train.model import model_from_checkpoint
+from train.report import write_json
+from train.shift import PROXIES, load_with_proxies
+
+SERIES_PROXY = "series"
+REPORTED = ("accuracy", "sensitivity", "specificity", "auc")
+SHARED_DATA = os.path.join("..", "shared", "datasets", "chest_xray")
+
+
+def find_data(requested: str, scratch: str) -> str:
+    """The data set to train on: the one asked for, an imported real one, or one imported or generated now."""
+    if requested:
+        return requested
+    if os.path.isdir(os.path.join("data", "pneumonia", "train")):
+        return os.path.join("data", "pneumonia")
+    from data.prepare import get_args_parser, prepare
+    output = os.path.join(scratch, "data")
+    if os.path.isdir(SHARED_DATA):
+        prepare(get_args_parser().parse_args([SHARED_DATA, "--output", output]))
+    else:
+        from data.synthetic import generate
+        generate(os.path.join(scratch, "download"), {"train": 200, "val": 20, "test": 0})
+        prepare(get_args_parser().parse_args([os.path.join(scratch, "download"), "--output", output]))
+    return output
+
+
+def _link(source: str, folder: str) -> None:
+    os.makedirs(folder, exist_ok=True)
+    os.symlink(os.path.realpath(source), os.path.join(folder, os.path.basename(source)))
+
+
+def holdout_layout(data: str, output: str, prefix: str, negative: str, positive: str) -> Dict[str, int]:
+    """DATA with the ``prefix-*`` images of class ``negative`` moved out of train and val into a
+    ``series`` split, completed with val's ``positive`` images; symlinks only."""
+    classes = find_classes(os.path.join(data, "train"))
+    counts = {"train": 0, "val": 0, SERIES_PROXY: 0}
+    for split in ("train", "val"):
+        for path, label in list_images(os.path.join(data, split), classes):
+            held_out = classes[label] == negative and os.path.basename(path).startswith(prefix + "-")
+            target = SERIES_PROXY if held_out else split
+            _link(path, os.path.join(output, target, classes[label]))
+            counts[target] += 1
+            if split == "val" and classes[label] == positive:
+                _link(path, os.path.join(output, SERIES_PROXY, positive))
+                counts[SERIES_PROXY] += 1
+    if not os.path.isdir(os.path.join(output, SERIES_PROXY, negative)):
+        raise ToolkitError(f"no {negative} image is named {prefix}-*; --holdout-series must name a series prefix "
+                           "(IM or NORMAL2 in the Kermany data set), or be empty")
+    return counts
+
+
+def score(probabilities: np.ndarray, split: CachedSplit, positive: int, threshold: float) -> Dict[str, float]:
+    metrics = binary_metrics(probabilities[:, positive], (split.labels.numpy() == positive).astype(int), threshold)
+    return {key: metrics[key] for key in REPORTED + ("threshold", "n")}
+
+
+def evaluate_everywhere(model: torch.nn.Module, data: str, classes: List[str], spec: PreprocessSpec,
+                        threshold: float, device: torch.device, series: bool) -> Dict[str, Dict[str, float]]:
+    """Metrics at ``threshold`` on val, each proxy of it, and the held-out series."""
+    positive = positive_class_index(classes)
+    splits = load_with_proxies(data, "val", classes, spec, 2)
+    if series:
+        splits.update(load_with_proxies(data, SERIES_PROXY, classes, spec, 2, proxies=()))
+    model.to(device).eval()
+    return {name: score(predict_probabilities(model, split, spec, device, 64, False, f"score {name}"), split,
+                        positive, threshold)
+            for name, split in splits.items()}
+
+
+def run_ours(data: str, model_dir: str, epochs: int, resolution: int, device: str, extra: List[str]) -> Dict:
+    from train.args import get_args_parser
+    from train.main import main
+    args = get_args_parser().parse_args([data, "--model-dir", model_dir, "--epochs", str(epochs), "--resolution",
+                                         str(resolution), "--no-pretrained", "--print-freq", "0", "--seed", "0",
+                                         "--no-tensorboard", "--device", device] + extra)
+    start = time.perf_counter()
+    main(args)
+    seconds = time.perf_counter() - start
+    checkpoint = load_checkpoint(os.path.join(model_dir, "model_best.pth.tar"))
+    history = load_checkpoint(os.path.join(model_dir, "checkpoint.pth.tar"))["history"]
+    images = sum(entry["train_seconds"] * entry["train_images_per_second"] for entry in history)
+    return {"seconds": seconds, "images_per_second": images / sum(e["train_seconds"] for e in history),
+            "epoch_seconds": [entry["epoch_seconds"] for entry in history], "best_epoch": checkpoint["epoch"],
+            "threshold": checkpoint["threshold"], "checkpoint": checkpoint,
+            "command": "train.py " + " ".join(shlex.quote(a) for a in extra)}
+
+
+def run_jetson(data: str, epochs: int, resolution: int, device: torch.device, workers: int) -> Dict:
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_set = torchvision.datasets.ImageFolder(os.path.join(data, "train"), transforms.Compose([
+        transforms.RandomResizedCrop(resolution), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]))
+    val_set = torchvision.datasets.ImageFolder(os.path.join(data, "val"), transforms.Compose([
+        transforms.Resize(resolution), transforms.CenterCrop(resolution), transforms.ToTensor(), normalize]))
+    train_loader = DataLoader(train_set, batch_size=8, shuffle=True, num_workers=workers)
+    val_loader = DataLoader(val_set, batch_size=8, num_workers=workers)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=len(train_set.classes)).to(device)
+    criterion = torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, round(epochs * 30 / 35)), gamma=0.1)
+    best_accuracy, best_state, best_epoch, train_seconds, epoch_seconds = -1.0, None, 0, 0.0, []
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        epoch_start = time.perf_counter()
+        for images, targets in tqdm(train_loader, desc=f"jetson recipe epoch {epoch}", leave=False, disable=None):
+            loss = criterion(model(images.to(device)), targets.to(device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        train_seconds += time.perf_counter() - epoch_start
+        scheduler.step()
+        model.eval()
+        correct = 0
+        with torch.inference_mode():
+            for images, targets in val_loader:
+                correct += int((model(images.to(device)).argmax(1).cpu() == targets).sum())
+        accuracy = correct / len(val_set)
+        epoch_seconds.append(time.perf_counter() - epoch_start)
+        print(f"jetson recipe epoch {epoch}: val accuracy {accuracy:.4f} ({epoch_seconds[-1]:.1f} s)")
+        if accuracy > best_accuracy:
+            best_accuracy, best_epoch = accuracy, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    seconds = time.perf_counter() - start
+    model.load_state_dict(best_state)
+    return {"seconds": seconds, "images_per_second": epochs * len(train_set) / train_seconds,
+            "epoch_seconds": epoch_seconds, "best_epoch": best_epoch, "threshold": 0.5, "model": model,
+            "classes": train_set.classes}
+
+
+def _table(results: Dict[str, Dict]) -> str:
+    names = list(next(iter(results.values()))["metrics"])
+    lines = [f"{'split':<16}" + "".join(f"{recipe + ' ' + key[:4]:>15}" for recipe in results for key in REPORTED)]
+    for name in names:
+        lines.append(f"{name:<16}" + "".join(f"{results[recipe]['metrics'][name][key]:>15.4f}"
+                                               for recipe in results for key in REPORTED))
+    return "\n".join(lines)
+
+
+def plot(results: Dict[str, Dict], path: str) -> None:
+    """Accuracy, sensitivity and specificity of each recipe on each split, side by side."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(next(iter(results.values()))["metrics"])
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
+    width = 0.8 / len(results)
+    for axis, key in zip(axes, ("accuracy", "sensitivity", "specificity")):
+        for offset, (recipe, result) in enumerate(results.items()):
+            values = [result["metrics"][name][key] for name in names]
+            axis.bar(np.arange(len(names)) + offset * width, values, width, label=recipe)
+        axis.set_xticks(np.arange(len(names)) + width * (len(results) - 1) / 2)
+        axis.set_xticklabels(names, rotation=35, ha="right")
+        axis.set(title=key, ylim=(0, 1))
+        axis.grid(axis="y", alpha=0.3)
+    axes[0].legend(loc="lower left")
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train the default recipe and jetson-inference's; score both "
+                                                 "on validation and on shift proxies.")
+    parser.add_argument("--data", default="", help="prepared data set (default: data/pneumonia, else an import "
+                                                   "of ../shared/datasets/chest_xray, else synthetic)")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of each recipe (both recipes use 35 in full)")
+    parser.add_argument("--resolution", type=int, default=224, help="network input size of both")
+    parser.add_argument("--holdout-series", default="IM", metavar="PREFIX",
+                        help="normal-image series held out of training as a proxy ('' to train on everything)")
+    parser.add_argument("--recipes", default="ours,jetson", help="which recipes to run: ours, jetson or both")
+    parser.add_argument("--ours-args", default="", help="extra train.py arguments for ours, e.g. \"--equalize none\"")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the jetson recipe")
+    parser.add_argument("--model-dir", default="", help="keep our trained model here (default: discarded)")
+    parser.add_argument("--output", default=os.path.join("bench", "results", "train_recipes.json"),
+                        help="figures (JSON); a bar chart goes next to it as .png")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    recipes = [name for name in args.recipes.split(",") if name]
+    if not recipes or set(recipes) - {"ours", "jetson"}:
+        raise ToolkitError(f"--recipes {args.recipes}: name ours, jetson or ours,jetson")
+    device = select_device(args.device)
+    results: Dict[str, Dict] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        data = find_data(args.data, scratch)
+        classes = find_classes(os.path.join(data, "train"))
+        negative = classes[1 - positive_class_index(classes)]
+        layout: Optional[Dict[str, int]] = None
+        if args.holdout_series:
+            held = os.path.join(scratch, "holdout")
+            layout = holdout_layout(data, held, args.holdout_series, negative, classes[positive_class_index(classes)])
+            data = held
+            print(f"== series {args.holdout_series}-* {negative} images held out: {layout}")
+        series = layout is not None
+        if "ours" in recipes:
+            print("== ours: train.py defaults" + (f" + {args.ours_args}" if args.ours_args else ""))
+            ours = run_ours(data, args.model_dir or os.path.join(scratch, "ours"), args.epochs, args.resolution,
+                            args.device, shlex.split(args.ours_args))
+            checkpoint = ours.pop("checkpoint")
+            ours["metrics"] = evaluate_everywhere(model_from_checkpoint(checkpoint), data, classes,
+                                                  preprocess_spec(checkpoint), ours["threshold"], device, series)
+            results["ours"] = ours
+        if "jetson" in recipes:
+            print("== jetson-inference's recipe: ImageFolder + DataLoader, batch 8, SGD lr 0.1, fp32")
+            jetson = run_jetson(data, args.epochs, args.resolution, device, args.workers)
+            jetson["metrics"] = evaluate_everywhere(jetson.pop("model"), data, jetson.pop("classes"),
+                                                    PreprocessSpec(resolution=args.resolution), 0.5, device, series)
+            results["jetson"] = jetson
+    print(f"\n{args.epochs} epoch(s) each at {args.resolution} px on {device}; proxies: {', '.join(PROXIES)}"
+          + (f", {SERIES_PROXY} ({args.holdout_series}-* normals never trained on)" if series else ""))
+    for recipe, result in results.items():
+        print(f"{recipe:>7}: total {result['seconds']:.1f} s, {result['images_per_second']:.1f} img/s training, "
+              f"last epoch {result['epoch_seconds'][-1]:.1f} s (with its validation), model_best epoch "
+              f"{result['best_epoch']}, threshold {result['threshold']:.4f}")
+    if len(results) == 2:
+        jetson, ours = results["jetson"], results["ours"]
+        print(f"speed-up, jetson / ours: whole run {jetson['seconds'] / ours['seconds']:.2f}x, last epoch "
+              f"{jetson['epoch_seconds'][-1] / ours['epoch_seconds'][-1]:.2f}x")
+    print(_table(results))
+    write_json(args.output, {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "device": str(device), "epochs": args.epochs, "resolution": args.resolution,
+        "holdout_series": args.holdout_series, "split_counts": layout, "results": results})
+    picture = os.path.splitext(args.output)[0] + ".png"
+    plot(results, picture)
+    print(f"figures written to {args.output} and {picture}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()), "bench.train_recipes")
