@@ -204,14 +204,17 @@ def _calibrate(checkpoint: Dict[str, Any], model: nn.Module, val_splits: List[Ca
     probabilities = np.concatenate([predict_probabilities(model, split, spec, device, batch_size, False,
                                                           f"calibrate on {split.name}") for split in val_splits])
     targets = np.concatenate([split.labels.numpy() for split in val_splits])
-    temperature = fit_temperature(probabilities, targets)
+    fitted = fit_temperature(probabilities, targets)
+    # Never sharpen: validation is the over-confident side of any shift, and with no mistakes on it the
+    # likelihood keeps rising as T shrinks towards 0.
+    temperature = max(1.0, fitted)
     fold_temperature(model, temperature)
     threshold = checkpoint.get("threshold")
     checkpoint.update(state_dict=model.state_dict(), threshold=rescale_threshold(threshold, temperature),
-                      calibration=calibration_record(probabilities, targets, temperature))
+                      calibration=dict(calibration_record(probabilities, targets, temperature), fitted=fitted))
     save_atomic(checkpoint, best_path)
     record = checkpoint["calibration"]
-    print(f"=> calibrated model_best: temperature {temperature:.3f}; expected calibration error "
+    print(f"=> calibrated model_best: temperature {temperature:.3f} (fitted {fitted:.3f}); expected calibration error "
           f"{record['ece_before']:.4f} -> {record['ece_after']:.4f} on {len(targets)} images"
           + (f"; threshold {threshold:.4f} -> {checkpoint['threshold']:.4f} (same decisions)" if threshold else ""))
 
