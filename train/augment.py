@@ -136,6 +136,5 @@ def _low_resolution(grey: torch.Tensor, factor: float) -> torch.Tensor:
 
 def normalize_tensor(grey: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """float ``B x 1 x R x R`` in [0, 1] -> ImageNet-normalised ``B x 3 x R x R`` (as edge.preprocess.normalize)."""
-    mean = _send(torch.tensor(spec.mean).view(1, 3, 1, 1), grey.device)
-    std = _send(torch.tensor(spec.std).view(1, 3, 1, 1), grey.device)
-    return (grey - mean) / std
+    # Python scalars per channel: no small tensor to copy to the GPU on every training step.
+    return torch.cat([(grey - mean) / std for mean, std in zip(spec.mean, spec.std)], dim=1)
