@@ -18,9 +18,10 @@ import os
 import tempfile
 import time
 
-
-from edge.cli import ToolkitError, run_cli
-from train.report import write_json
+from cxr_jetson.core.cli import run_cli
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.model_files import default_model_path, locate_model
+from cxr_jetson.train.report import write_json
 
 SHARED_IMAGES = os.path.join("..", "shared", "datasets", "chest_xray_fullres_samples")
 
@@ -44,9 +45,10 @@ def naive(inputs: str, model_dir: str, output: str) -> float:
     import torch
     from PIL import Image, ImageDraw
     from torchvision import transforms
-    from train.checkpoint import load_checkpoint
-    from train.model import model_from_checkpoint
-    checkpoint = load_checkpoint(os.path.join(model_dir, "model_best.pth.tar"))
+
+    from cxr_jetson.networks.checkpoint import load_checkpoint
+    from cxr_jetson.networks.model import model_from_checkpoint
+    checkpoint = load_checkpoint(locate_model(model_dir, ("checkpoint",)))
     model = model_from_checkpoint(checkpoint)
     labels = checkpoint["classes"]
     prepare = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(),
@@ -64,7 +66,7 @@ def naive(inputs: str, model_dir: str, output: str) -> float:
 
 
 def ours(inputs: str, model_dir: str, output: str, *options: str) -> float:
-    from edge.classify import get_args_parser, main
+    from cxr_jetson.edge.classify import get_args_parser, main
     start = time.perf_counter()
     main(get_args_parser().parse_args([inputs, output, "--model", model_dir, "-q", "--profile", *options]))
     count = len(glob.glob(os.path.join(output, "*", "*.jpeg")))
@@ -74,7 +76,7 @@ def ours(inputs: str, model_dir: str, output: str, *options: str) -> float:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="classify.py throughput against a naive PIL + torch script.")
     parser.add_argument("--images", default=SHARED_IMAGES, help="folder of full-resolution X-rays")
-    parser.add_argument("--model", default=os.path.join("models", "pneumonia"), help="model folder (checkpoint + ONNX)")
+    parser.add_argument("--model", default=default_model_path(), help="model folder (checkpoint + ONNX)")
     parser.add_argument("--passes", type=int, default=4, help="times the folder is processed")
     parser.add_argument("--output", default=os.path.join("bench", "results", "classify_throughput.json"))
     return parser

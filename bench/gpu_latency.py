@@ -18,8 +18,10 @@ import time
 
 import numpy as np
 
-from edge.cli import ToolkitError, run_cli
-from train.report import write_json
+from cxr_jetson.core.cli import run_cli
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.model_files import default_model_path, locate_model
+from cxr_jetson.train.report import write_json
 
 
 def _median_ms(run, torch, runs: int) -> float:
@@ -37,7 +39,7 @@ def _median_ms(run, torch, runs: int) -> float:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Torch CUDA back-end latency and FP16 parity on a GPU.")
-    parser.add_argument("--model", default=os.path.join("models", "pneumonia"), help="model folder (checkpoint + ONNX)")
+    parser.add_argument("--model", default=default_model_path(), help="model folder (checkpoint + ONNX)")
     parser.add_argument("--images", default=os.path.join("data", "pneumonia", "val"), help="images for the parity check")
     parser.add_argument("--runs", type=int, default=300, help="timed runs per measurement (median taken)")
     parser.add_argument("--output", default=os.path.join("bench", "results", "gpu_latency.json"))
@@ -46,20 +48,23 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     import torch
-    from edge.backends.torch_backend import TorchBackend
-    from edge.parity import compare
-    from train.checkpoint import load_checkpoint
-    from train.model import model_from_checkpoint
+
+    from cxr_jetson.edge.backends import BackendOptions
+    from cxr_jetson.edge.backends.torch_backend import TorchBackend
+    from cxr_jetson.edge.parity import compare
+    from cxr_jetson.networks.checkpoint import load_checkpoint
+    from cxr_jetson.networks.deployable import deployable
+    from cxr_jetson.networks.model import model_from_checkpoint
     if not torch.cuda.is_available():
         raise ToolkitError("this benchmark needs a CUDA GPU (torch sees none here)")
-    checkpoint = load_checkpoint(os.path.join(args.model, "model_best.pth.tar"))
+    checkpoint = load_checkpoint(locate_model(args.model, ("checkpoint",)))
     resolution = int(checkpoint["resolution"])
-    eager = torch.nn.Sequential(model_from_checkpoint(checkpoint),
-                                torch.nn.Softmax(1)).eval().cuda()
+    # The same deployable wrapper (probabilities and maps) as the back-end runs, in plain eager FP32.
+    eager = deployable(model_from_checkpoint(checkpoint), bool(checkpoint.get("multi_label")))[0].cuda()
     result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
     for batch in (1, 64):
         images = np.random.default_rng(0).normal(size=(batch, 3, resolution, resolution)).astype(np.float32)
-        ours = TorchBackend(args.model, precision="fp16", max_batch=batch)
+        ours = TorchBackend(args.model, BackendOptions(precision="fp16", batch_size=batch))
         inputs = torch.from_numpy(images).cuda()
         with torch.inference_mode():
             baseline_ms = _median_ms(lambda: eager(inputs), torch, args.runs)

@@ -38,21 +38,29 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from tqdm import tqdm
 
-from edge.cli import ToolkitError, run_cli
-from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
-from train.checkpoint import load_checkpoint, preprocess_spec
-from train.dataset import CachedSplit, find_classes, list_images
-from train.engine import predict_probabilities
-from train.evaluate import positive_class_index
-from train.hardware import select_device
-from train.metrics import binary_metrics
-from train.model import model_from_checkpoint
-from train.report import write_json
-from train.shift import PROXIES, load_with_proxies
+from cxr_jetson.core.cli import run_cli
+from cxr_jetson.core.decision import class_to_record, positive_index
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.metric_registry import HEADLINE
+from cxr_jetson.core.names import BEST_CHECKPOINT, LAST_CHECKPOINT
+from cxr_jetson.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
+from cxr_jetson.networks.checkpoint import load_checkpoint, preprocess_spec
+from cxr_jetson.networks.model import model_from_checkpoint
+from cxr_jetson.train.dataset import CachedSplit, find_classes, list_images
+from cxr_jetson.train.hardware import select_device
+from cxr_jetson.train.loop import predict_probabilities
+from cxr_jetson.train.metrics import binary_metrics
+from cxr_jetson.train.report import write_json
+from cxr_jetson.train.shift import PROXIES, load_with_proxies
 
 SERIES_PROXY = "series"
-REPORTED = ("accuracy", "sensitivity", "specificity", "auc")
+REPORTED = tuple(metric.key for metric in HEADLINE)
 SHARED_DATA = os.path.join("..", "shared", "datasets", "chest_xray")
+
+
+def _positive(classes: List[str]) -> int:
+    """The positive class of a two-class model trained on ``classes`` (what train.py records)."""
+    return positive_index(classes, class_to_record(classes))
 
 
 def find_data(requested: str, scratch: str) -> str:
@@ -61,12 +69,12 @@ def find_data(requested: str, scratch: str) -> str:
         return requested
     if os.path.isdir(os.path.join("data", "pneumonia", "train")):
         return os.path.join("data", "pneumonia")
-    from data.prepare import get_args_parser, prepare
+    from cxr_jetson.data.prepare import get_args_parser, prepare
     output = os.path.join(scratch, "data")
     if os.path.isdir(SHARED_DATA):
         prepare(get_args_parser().parse_args([SHARED_DATA, "--output", output]))
     else:
-        from data.synthetic import generate
+        from cxr_jetson.data.synthetic import generate
         generate(os.path.join(scratch, "download"), {"train": 200, "val": 20, "test": 0})
         prepare(get_args_parser().parse_args([os.path.join(scratch, "download"), "--output", output]))
     return output
@@ -105,7 +113,7 @@ def score(probabilities: np.ndarray, split: CachedSplit, positive: int, threshol
 def evaluate_everywhere(model: torch.nn.Module, data: str, classes: List[str], spec: PreprocessSpec,
                         threshold: float, device: torch.device, series: bool) -> Dict[str, Dict[str, float]]:
     """Metrics at ``threshold`` on val, each proxy of it, and the held-out series."""
-    positive = positive_class_index(classes)
+    positive = _positive(classes)
     splits = load_with_proxies(data, "val", classes, spec, 2)
     if series:
         splits.update(load_with_proxies(data, SERIES_PROXY, classes, spec, 2, proxies=()))
@@ -116,16 +124,16 @@ def evaluate_everywhere(model: torch.nn.Module, data: str, classes: List[str], s
 
 
 def run_ours(data: str, model_dir: str, epochs: int, resolution: int, device: str, extra: List[str]) -> Dict:
-    from train.args import get_args_parser
-    from train.main import main
+    from cxr_jetson.train.args import get_args_parser
+    from cxr_jetson.train.main import main
     args = get_args_parser().parse_args([data, "--model-dir", model_dir, "--epochs", str(epochs), "--resolution",
                                          str(resolution), "--no-pretrained", "--print-freq", "0", "--seed", "0",
                                          "--no-tensorboard", "--device", device] + extra)
     start = time.perf_counter()
     main(args)
     seconds = time.perf_counter() - start
-    checkpoint = load_checkpoint(os.path.join(model_dir, "model_best.pth.tar"))
-    history = load_checkpoint(os.path.join(model_dir, "checkpoint.pth.tar"))["history"]
+    checkpoint = load_checkpoint(os.path.join(model_dir, BEST_CHECKPOINT))
+    history = load_checkpoint(os.path.join(model_dir, LAST_CHECKPOINT))["history"]
     images = sum(entry["train_seconds"] * entry["train_images_per_second"] for entry in history)
     return {"seconds": seconds, "images_per_second": images / sum(e["train_seconds"] for e in history),
             "epoch_seconds": [entry["epoch_seconds"] for entry in history], "best_epoch": checkpoint["epoch"],
@@ -186,14 +194,14 @@ def _table(results: Dict[str, Dict]) -> str:
 
 
 def plot(results: Dict[str, Dict], path: str) -> None:
-    """Accuracy, sensitivity and specificity of each recipe on each split, side by side."""
+    """Each headline metric of each recipe on each split, side by side."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(next(iter(results.values()))["metrics"])
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
+    figure, axes = plt.subplots(1, len(REPORTED), figsize=(5 * len(REPORTED), 4.5), sharey=True)
     width = 0.8 / len(results)
-    for axis, key in zip(axes, ("accuracy", "sensitivity", "specificity")):
+    for axis, key in zip(axes, REPORTED):
         for offset, (recipe, result) in enumerate(results.items()):
             values = [result["metrics"][name][key] for name in names]
             axis.bar(np.arange(len(names)) + offset * width, values, width, label=recipe)
@@ -236,11 +244,11 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         data = find_data(args.data, scratch)
         classes = find_classes(os.path.join(data, "train"))
-        negative = classes[1 - positive_class_index(classes)]
+        negative = classes[1 - _positive(classes)]
         layout: Optional[Dict[str, int]] = None
         if args.holdout_series:
             held = os.path.join(scratch, "holdout")
-            layout = holdout_layout(data, held, args.holdout_series, negative, classes[positive_class_index(classes)])
+            layout = holdout_layout(data, held, args.holdout_series, negative, classes[_positive(classes)])
             data = held
             print(f"== series {args.holdout_series}-* {negative} images held out: {layout}")
         series = layout is not None

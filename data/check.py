@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from data.inventory import find_leaks, inspect_all
-from data.layout import collect_records
-from data.source_tree import SourceTree
-from edge.cli import run_cli
-from edge.labels import read_labels
+from cxr_jetson.core.cli import run_cli
+from cxr_jetson.core.labels import read_labels
+from cxr_jetson.core.names import LABELS_FILE
+from cxr_jetson.data.inventory import find_leaks, inspect_all
+from cxr_jetson.data.layout import collect_records
+from cxr_jetson.data.source_tree import SourceTree
 
 EXIT_PROBLEMS = 1
 
@@ -26,7 +27,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    labels_file = os.path.join(args.data, "labels.txt")
+    labels_file = os.path.join(args.data, LABELS_FILE)
     tree = SourceTree(args.data)
     files = tree.files()
     classes = (read_labels(labels_file) if os.path.isfile(labels_file)

@@ -13,8 +13,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 from tqdm import tqdm
 
-from data.patients import patient_id
-from edge.decode import ImageDecodeError, decode_grey
+from cxr_jetson.core.decode import ImageDecodeError, decode_grey
+from cxr_jetson.data.patients import patient_id
 
 # Validation decodes at a reduced scale: every compressed byte is still read, so truncation and
 # corruption are caught, at a fraction of the cost of a full decode.

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Dict, List, Sequence, Set, Tuple
 
-from data.inventory import ImageRecord
-from edge.cli import ToolkitError
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.data.inventory import ImageRecord
 
 SPLITS = ("train", "val", "test")
 

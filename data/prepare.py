@@ -30,12 +30,14 @@ from typing import Dict, List, Sequence
 
 from tqdm import tqdm
 
-from data.inventory import ImageRecord, find_leaks, first_of_duplicates, inspect_all, label_conflicts
-from data.layout import SPLITS, collect_records, locate_root
-from data.source_tree import LINK_MODES, SourceTree
-from data.synthetic import NOTICE_FILE
-from edge.cli import ToolkitError, run_cli
-from edge.labels import write_labels
+from cxr_jetson.core.cli import run_cli
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.labels import write_labels
+from cxr_jetson.core.names import LABELS_FILE
+from cxr_jetson.data.inventory import ImageRecord, find_leaks, first_of_duplicates, inspect_all, label_conflicts
+from cxr_jetson.data.layout import SPLITS, collect_records, locate_root
+from cxr_jetson.data.source_tree import LINK_MODES, SourceTree
+from cxr_jetson.data.synthetic import NOTICE_FILE
 
 MANIFEST = "manifest.csv"
 REPORT = "prepare_report.json"
@@ -152,7 +154,7 @@ def _write(tree: SourceTree, records: Sequence[ImageRecord], output: str, link: 
         except OSError as err:
             raise PrepareError(f"cannot {link} {record.source}: {err.strerror or err}"
                                + ("; try --link copy" if link != "copy" else "")) from None
-    write_labels(os.path.join(staging, "labels.txt"), list(classes))
+    write_labels(os.path.join(staging, LABELS_FILE), list(classes))
     with open(os.path.join(staging, MANIFEST), "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "split", "class", "patient", "sha256", "source"])

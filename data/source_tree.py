@@ -6,7 +6,7 @@ import shutil
 import zipfile
 from typing import List
 
-from edge.cli import ToolkitError
+from cxr_jetson.core.errors import ToolkitError
 
 LINK_MODES = ("symlink", "hardlink", "copy")
 

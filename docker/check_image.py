@@ -39,11 +39,11 @@ def problems(full, gstreamer):
     if not (present("cuda.bindings") or present("cuda.cudart")):
         found.append("no cuda-python (cuda.bindings or cuda.cudart)")
     try:
-        import edge.classify  # noqa: F401  (the device path: numpy, OpenCV, tqdm)
+        import cxr_jetson.edge.classify  # noqa: F401  (the device path: numpy, OpenCV, tqdm)
     except ImportError as error:
-        found.append(f"the device path (edge.classify) does not import: {error}")
+        found.append(f"the device path (cxr_jetson.edge.classify) does not import: {error}")
     if "torch" in sys.modules:
-        found.append("the device path (edge.classify) imports torch")
+        found.append("the device path (cxr_jetson.edge.classify) imports torch")
     if full:
         spec = importlib.util.find_spec("torch")
         if spec is None:

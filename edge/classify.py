@@ -14,16 +14,18 @@ import os
 import sys
 from typing import List, Optional
 
-from edge.backends import BACKEND_CHOICES
-from edge.cli import ToolkitError, add_bool_flag, run_cli
-from edge.deployed_model import DeployedModel
-from edge.model_files import default_model_path
-from edge.pipeline import Outcome, RunOptions, result_fields, run_pipeline
-from edge.results import ResultsWriter
-from edge.sinks import FolderSink, open_sink
-from edge.sources import open_source
-from edge.timing import StageClock
-from edge.video_source import CaptureOptions
+from cxr_jetson.core.cli import add_bool_flag, run_cli
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.model_files import default_model_path
+from cxr_jetson.core.names import PRECISIONS
+from cxr_jetson.edge.backends import BACKEND_CHOICES, BackendOptions
+from cxr_jetson.edge.deployed_model import DeployedModel
+from cxr_jetson.edge.pipeline import Outcome, RunOptions, result_fields, run_pipeline
+from cxr_jetson.edge.results import ResultsWriter
+from cxr_jetson.edge.sinks import FolderSink, open_sink
+from cxr_jetson.edge.sources import open_source
+from cxr_jetson.edge.timing import StageClock
+from cxr_jetson.edge.video_source import CaptureOptions
 
 EXIT_SOME_FAILED = 1
 
@@ -53,7 +55,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "network size; saves a second decode and most of the encoding)")
     parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                         help="auto (default): TensorRT when installed with a GPU present, else ONNX Runtime")
-    parser.add_argument("--precision", choices=("fp16", "fp32", "int8"), default=None,
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="TensorRT engine / torch precision (default: fp16 on a GPU; ONNX Runtime runs fp32)")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="images per inference call for folders and video files (default 1; above 1 needs "
@@ -103,9 +105,9 @@ def _print_summary(outcome: Outcome, source, model: DeployedModel, clock: StageC
     if source.reconnects:
         counts.append(f"{source.reconnects} reconnection(s)")
     print(("\nstopped by Ctrl+C; " if outcome.interrupted else "\n") + ", ".join(counts))
-    if model.positive is not None and outcome.done:
-        print(f"  {model.labels[model.positive]}: {outcome.positives} of {outcome.done} at threshold "
-              f"{model.threshold:.4f}")
+    rule = model.rule
+    if rule.positive is not None and outcome.done:
+        print(f"  {rule.labels[rule.positive]}: {outcome.positives} of {outcome.done} at threshold {rule.threshold:.4f}")
     if outcome.done:
         print("  mean ms per image: " + "  ".join(f"{stage} {clock.mean(stage):.2f}" for stage in clock.totals))
     for failure in outcome.failures:
@@ -123,8 +125,8 @@ def main(args: argparse.Namespace) -> int:
                              args.input_retries, args.input_flip)
     source = open_source(args.input, capture)
     try:
-        model = DeployedModel(args.model, args.backend, args.labels, args.threshold, args.threads,
-                              precision=args.precision, batch_size=args.batch_size, build=args.build)
+        options = BackendOptions(args.precision, args.threads, args.batch_size, args.build)
+        model = DeployedModel(args.model, args.backend, args.labels, args.threshold, options)
         if args.heatmap and not model.backend.has_cam:
             raise ToolkitError(f"{os.path.basename(model.model_file)} has no class activation map output; "
                                "re-export it with onnx_export.py (--cam is the default for ResNets)")

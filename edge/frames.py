@@ -13,6 +13,7 @@ class Frame:
     name: str                 # where its annotated copy goes inside an output folder
     origin: str               # the file, or "<uri> frame N"
     display: np.ndarray       # what the overlay is drawn on: grey (files) or BGR (video), maybe reduced
-    network: np.ndarray       # uint8 R x R network image (edge/preprocess.py)
+    grey: np.ndarray          # the single-channel image the network input is made from
     data: Optional[bytes] = None  # the encoded file, when a reduced decode must be redone at full size
     timings: Dict[str, float] = field(default_factory=dict)  # ms per pipeline stage
+    network: Optional[np.ndarray] = None  # uint8 R x R network image, made by the pipeline (core/preprocess.py)

@@ -1,6 +1,6 @@
 """Where the model looked: class activation maps from the same inference, blended onto the image.
 
-The model's second output (``cam_0``, see train/model.py ClassifierWithCam) holds one map per class
+The model's second output (``cam_0``, see networks/deployable.py ClassifierWithCam) holds one map per class
 whose spatial mean plus the head's bias is that class's logit. For a two-class model the softmax
 depends only on the difference of the two logits, so the map shown is the positive class's map
 minus the other's: exactly the per-region contribution to the PNEUMONIA-vs-NORMAL decision. Regions

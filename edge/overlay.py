@@ -10,9 +10,9 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from edge.heatmap import blend_heatmap
-from edge.prediction import Prediction
-from edge.preprocess import window_to_uint8
+from cxr_jetson.core.decision import Prediction
+from cxr_jetson.core.preprocess import window_to_uint8
+from cxr_jetson.edge.heatmap import blend_heatmap
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _TEXT_BGR = (255, 255, 255)

@@ -1,6 +1,6 @@
 """Compare two back-ends on the same images: where does reduced precision change the answer?
 
-    python3 -m edge.parity data/pneumonia/val --model models/pneumonia --a tensorrt:fp16 --b onnxruntime
+    python3 -m cxr_jetson.edge.parity data/pneumonia/val --model models/pneumonia --a tensorrt:fp16 --b onnxruntime
 
 Every image is decoded and preprocessed once; both back-ends get the same float32 batch. Reported:
 the largest and mean absolute probability difference, how often the two decisions (at the model's
@@ -17,12 +17,13 @@ from typing import Dict, List, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from edge.cli import ToolkitError, run_cli
-from edge.decode import ImageDecodeError
-from edge.deployed_model import DeployedModel
-from edge.model_files import default_model_path
-from edge.preprocess import load_for_network
-from edge.sources import expand_input
+from cxr_jetson.core.cli import run_cli
+from cxr_jetson.core.errors import ImageDecodeError, ToolkitError
+from cxr_jetson.core.image_files import expand_input
+from cxr_jetson.core.model_files import default_model_path
+from cxr_jetson.core.preprocess import load_for_network
+from cxr_jetson.edge.backends import BackendOptions
+from cxr_jetson.edge.deployed_model import DeployedModel
 
 
 def _backend_spec(text: str) -> Tuple[str, object]:
@@ -35,7 +36,7 @@ def compare(folder: str, model: str, first: str, second: str, batch_size: int = 
     models = []
     for spec in (first, second):
         name, precision = _backend_spec(spec)
-        models.append(DeployedModel(model, name, precision=precision, batch_size=batch_size))
+        models.append(DeployedModel(model, name, options=BackendOptions(precision=precision, batch_size=batch_size)))
     reference = models[0]
     paths: List[str] = []
     pixels = []
@@ -49,8 +50,8 @@ def compare(folder: str, model: str, first: str, second: str, batch_size: int = 
         raise ToolkitError(f"no readable images in {folder}")
     batch = np.stack(pixels)
     a, b = (m.probabilities(batch) for m in models)
-    decisions_a = [reference.decide(row).class_index for row in a]
-    decisions_b = [reference.decide(row).class_index for row in b]  # same threshold: only numerics differ
+    # The same rule for both: only the numerics differ.
+    decisions_a, decisions_b = reference.rule.classes(a), reference.rule.classes(b)
     difference = np.abs(a - b)
     flips = [{"image": path, "a": a[i].round(6).tolist(), "b": b[i].round(6).tolist()}
              for i, path in enumerate(paths) if decisions_a[i] != decisions_b[i]]
@@ -59,7 +60,7 @@ def compare(folder: str, model: str, first: str, second: str, batch_size: int = 
     return {"a": models[0].backend.describe(), "b": models[1].backend.describe(), "images": len(paths),
             "max_abs_difference": float(difference.max()), "mean_abs_difference": float(difference.mean()),
             "decision_agreement": 1.0 - len(flips) / len(paths), "flips": flips,
-            "threshold": reference.threshold, "labels": reference.labels}
+            "threshold": reference.rule.threshold, "labels": reference.labels}
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -21,16 +21,18 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from edge.decode import ImageDecodeError, decode_grey, jpeg_reduction
-from edge.deployed_model import DeployedModel
-from edge.frames import Frame
-from edge.heatmap import evidence_map
-from edge.overlay import annotate
-from edge.prediction import Prediction
-from edge.results import ResultsWriter
-from edge.sinks import Sink
-from edge.sources import InputImage
-from edge.timing import STAGES, StageClock
+from cxr_jetson.core.decision import Prediction
+from cxr_jetson.core.decode import decode_grey, jpeg_reduction
+from cxr_jetson.core.errors import ImageDecodeError
+from cxr_jetson.core.preprocess import PreprocessSpec, resize_to_network
+from cxr_jetson.edge.deployed_model import DeployedModel
+from cxr_jetson.edge.frames import Frame
+from cxr_jetson.edge.heatmap import evidence_map
+from cxr_jetson.edge.overlay import annotate
+from cxr_jetson.edge.results import ResultsWriter
+from cxr_jetson.edge.sinks import Sink
+from cxr_jetson.edge.sources import Source
+from cxr_jetson.edge.timing import STAGES, StageClock
 
 _END = object()
 
@@ -64,7 +66,7 @@ def _row(origin: str, model: DeployedModel, prediction: Optional[Prediction], ti
     if prediction is not None:
         row.update(label=prediction.label, class_index=prediction.class_index,
                    confidence=round(prediction.confidence, 6),
-                   threshold=model.threshold if model.positive is not None else "",
+                   threshold=model.rule.threshold if model.rule.positive is not None else "",
                    **{f"p_{label}": round(p, 6) for label, p in prediction.ranked})
     row.update({f"ms_{stage}": round(ms, 3) for stage, ms in timings.items()})
     return row
@@ -134,10 +136,19 @@ class _Writer(threading.Thread):
                 self.error = err
 
 
-class _Reader(threading.Thread):
-    """Walks the source in order and queues each job's decode, running in the pool."""
+def _prepare(source: Source, job: Any, spec: PreprocessSpec) -> Frame:
+    """Decode a job (the source's work) and make its network input (the same for every source)."""
+    frame = source.load(job, spec.decode_min_side)
+    start = time.perf_counter()
+    frame.network = resize_to_network(frame.grey, spec)
+    frame.timings["preprocess"] = (time.perf_counter() - start) * 1000
+    return frame
 
-    def __init__(self, source, spec, pool: ThreadPoolExecutor, depth: int) -> None:
+
+class _Reader(threading.Thread):
+    """Walks the source in order and queues each job's decode and preprocessing, running in the pool."""
+
+    def __init__(self, source: Source, spec: PreprocessSpec, pool: ThreadPoolExecutor, depth: int) -> None:
         super().__init__(daemon=True)
         self.source, self.spec, self.pool = source, spec, pool
         self.outbox: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
@@ -149,15 +160,11 @@ class _Reader(threading.Thread):
             for job in self.source.jobs():
                 if self.stop.is_set():
                     break
-                self.outbox.put((job, self.pool.submit(self.source.load, job, self.spec)))
+                self.outbox.put((job, self.pool.submit(_prepare, self.source, job, self.spec)))
         except BaseException as err:  # a source that fails (camera gone for good): re-raised in main
             self.error = err
         finally:
             self.outbox.put(_END)
-
-
-def _job_origin(job: Any) -> str:
-    return job[1].path if isinstance(job[1], InputImage) else f"frame {job[0]}"
 
 
 def _infer(model: DeployedModel, frames: List[Frame], heatmap: bool, writer: _Writer) -> None:
@@ -169,12 +176,12 @@ def _infer(model: DeployedModel, frames: List[Frame], heatmap: bool, writer: _Wr
     for index, frame in enumerate(frames):
         post_start = time.perf_counter()
         prediction = model.decide(probabilities[index])
-        evidence = evidence_map(cams[index], model.positive, prediction.class_index) if cams is not None else None
+        evidence = evidence_map(cams[index], model.rule.positive, prediction.class_index) if cams is not None else None
         frame.timings.update(inference=share, postprocess=(time.perf_counter() - post_start) * 1000)
         writer.inbox.put(("ok", frame, prediction, evidence))
 
 
-def run_pipeline(source, model: DeployedModel, sink: Sink, results: ResultsWriter,
+def run_pipeline(source: Source, model: DeployedModel, sink: Sink, results: ResultsWriter,
                  options: RunOptions) -> Tuple[Outcome, StageClock]:
     outcome, clock = Outcome(), StageClock()
     batch_size = 1 if source.live else max(1, min(options.batch_size, model.backend.max_batch))
@@ -197,7 +204,7 @@ def run_pipeline(source, model: DeployedModel, sink: Sink, results: ResultsWrite
             try:
                 batch.append(future.result())
             except (ImageDecodeError, OSError) as err:
-                origin = _job_origin(job)
+                origin = source.origin(job)
                 writer.inbox.put(("failed", origin, str(err) if isinstance(err, ImageDecodeError)
                                   else f"{origin}: {err}", {}))
             progress.update(1)

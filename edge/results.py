@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
-from edge.cli import ToolkitError
+from cxr_jetson.core.errors import ToolkitError
 
 _FORMATS = (".csv", ".jsonl")
 

@@ -9,9 +9,9 @@ from typing import Any, Dict, Optional
 import cv2
 import numpy as np
 
-from edge.cli import ToolkitError
-from edge.frames import Frame
-from edge.web_view import WebView, parse_web_address
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.edge.frames import Frame
+from cxr_jetson.edge.web_view import WebView, parse_web_address
 
 # Formats OpenCV writes everywhere; anything else (e.g. .jp2 without its codec, .dcm) is saved as PNG.
 WRITABLE_IMAGES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})

@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Tuple
 import cv2
 import numpy as np
 
-from edge.cli import ToolkitError
+from cxr_jetson.core.errors import ToolkitError
 
 # FFmpeg inside OpenCV logs its own errors ("moov atom not found") to stderr; ours say it in one line.
 # Quiet unless the user asks for its log (set OPENCV_FFMPEG_LOGLEVEL themselves). Read at first use.

@@ -14,7 +14,7 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Deque, Dict, Optional, Tuple
 
-from edge.cli import ToolkitError
+from cxr_jetson.core.errors import ToolkitError
 
 _BOUNDARY = "cxrframe"
 _PAGE = """<!doctype html>

@@ -1,1 +1,2 @@
-"""Export: checkpoint -> ONNX (onnx_export), ONNX -> TensorRT engine (on the device)."""
+"""Export: checkpoint -> verified, self-describing ONNX (onnx_export.py). Engines are built from the ONNX on
+the device, by edge/tensorrt/."""

@@ -12,13 +12,12 @@ from typing import List
 
 import pytest
 
-from data.prepare import get_args_parser as prepare_parser
-from data.prepare import prepare
-from data.synthetic import generate
-from export.onnx_export import export
-from export.onnx_export import get_args_parser as export_parser
-from train.args import get_args_parser as train_parser
-from train.main import main as train_main
+from cxr_jetson.data.prepare import get_args_parser as prepare_parser
+from cxr_jetson.data.prepare import prepare
+from cxr_jetson.data.synthetic import generate
+from cxr_jetson.export.onnx_export import ExportOptions, export_onnx
+from cxr_jetson.train.args import get_args_parser as train_parser
+from cxr_jetson.train.main import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_COUNTS = {"train": 16, "val": 2, "test": 4}
@@ -60,4 +59,4 @@ def trained_model_dir(prepared_data, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def exported_onnx(trained_model_dir) -> str:
-    return export(export_parser().parse_args(["--model-dir", trained_model_dir]))
+    return export_onnx(ExportOptions(model_dir=trained_model_dir))

@@ -2,7 +2,6 @@
 resume across an unfreeze, the comparison report and the model card."""
 from __future__ import annotations
 
-import argparse
 import os
 
 import cv2
@@ -10,19 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from data.synthetic import synthetic_xray
-from edge.classify import get_args_parser as classify_parser
-from edge.classify import main as classify_main
-from export.onnx_export import export
-from export.onnx_export import get_args_parser as export_parser
+from cxr_jetson.data.synthetic import synthetic_xray
+from cxr_jetson.edge.classify import get_args_parser as classify_parser
+from cxr_jetson.edge.classify import main as classify_main
+from cxr_jetson.export.onnx_export import ExportOptions, export_onnx
+from cxr_jetson.networks.architectures import ARCHITECTURES, CompactCNN
+from cxr_jetson.networks.checkpoint import load_checkpoint
+from cxr_jetson.networks.model import build_model
+from cxr_jetson.train import finetune
+from cxr_jetson.train.args import get_args_parser as train_parser
+from cxr_jetson.train.config import TrainConfig
+from cxr_jetson.train.main import main as train_main
 from tests.conftest import run_script
 from tests.test_resume import kill_during_epoch
-from train import finetune
-from train.architectures import ARCHITECTURES, CompactCNN
-from train.args import get_args_parser as train_parser
-from train.checkpoint import load_checkpoint
-from train.main import main as train_main
-from train.model import build_model
 
 try:
     import timm  # noqa: F401
@@ -61,17 +60,17 @@ def test_every_architecture_trains_exports_and_classifies(arch, tiny_data, tmp_p
     assert train_main(train_parser().parse_args([tiny_data, "--model-dir", model_dir, "--arch", arch, "--epochs", "1",
                                                  "--resolution", resolution, "--no-pretrained", "--print-freq", "0",
                                                  "--seed", "0", "--batch-size", "4", "--no-tensorboard"])) == 0
-    export(export_parser().parse_args(["--model-dir", model_dir]))  # raises unless ONNX Runtime matches torch
+    export_onnx(ExportOptions(model_dir=model_dir))  # raises unless ONNX Runtime matches torch
     image = os.path.join(tiny_data, "val", "PNEUMONIA", "0.jpeg")
     results = tmp_path / "results.jsonl"
     assert classify_main(classify_parser().parse_args([image, "--model", model_dir, "--results", str(results)])) == 0
     assert '"status": "ok"' in results.read_text()
 
 
-def _options(**chosen) -> argparse.Namespace:
+def _options(**chosen) -> TrainConfig:
     defaults = dict(freeze_backbone=False, unfreeze_at=None, train_last=None, epochs=5, arch="resnet18",
                     lr=0.01, backbone_lr_scale=0.1)
-    return argparse.Namespace(**{**defaults, **chosen})
+    return TrainConfig(data="", **{**defaults, **chosen})
 
 
 def test_freezing_modes_leave_exactly_the_intended_parameters_trainable():
@@ -158,7 +157,7 @@ def test_resume_across_an_unfreeze_matches_an_uninterrupted_run(tiny_data, tmp_p
 def test_comparison_report(tiny_data, trained_model_dir, tmp_path):
     compact = str(tmp_path / "compact")
     out = tmp_path / "report"
-    result = run_script("-m", "train.compare", tiny_data, compact, "--output", str(out), "--runs", "5",
+    result = run_script("-m", "bench.compare_models", tiny_data, compact, "--output", str(out), "--runs", "5",
                         "--recipe", f"{compact}=--arch compact_cnn --epochs 1 --no-pretrained --batch-size 4 "
                                     "--print-freq 0 --resolution 64 --no-tensorboard")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr

@@ -9,9 +9,14 @@ import pytest
 import torch
 import torchvision
 
-from train.calibration import (expected_calibration_error, fit_temperature, fold_temperature, rescale,
-                               rescale_threshold)
-from train.checkpoint import load_checkpoint
+from cxr_jetson.networks.checkpoint import load_checkpoint
+from cxr_jetson.train.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    fold_temperature,
+    rescale,
+    rescale_threshold,
+)
 
 
 def _overconfident(temperature: float, count: int = 4000, seed: int = 0):

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from data.synthetic import synthetic_xray
+from cxr_jetson.data.synthetic import synthetic_xray
 from tests.conftest import run_script
 
 

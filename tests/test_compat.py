@@ -8,7 +8,7 @@ import sys
 
 from tests.conftest import REPO
 
-CODE = ["data", "edge", "train", "export", "bench", "classify.py", "train.py", "onnx_export.py", "trt_build.py"]
+CODE = ["cxr_jetson", "core", "networks", "data", "edge", "train", "export", "bench", "classify.py", "train.py", "onnx_export.py", "trt_build.py"]
 
 
 def test_code_needs_no_python_newer_than_3_8():

@@ -11,12 +11,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from export.onnx_export import export
-from export.onnx_export import get_args_parser as export_parser
+from cxr_jetson.export.onnx_export import ExportOptions, export_onnx
+from cxr_jetson.networks.checkpoint import load_checkpoint
+from cxr_jetson.train import distributed
+from cxr_jetson.train.distributed import DistributedError, check_launch, process_group
 from tests.conftest import REPO, run_script, train_args
-from train import distributed
-from train.checkpoint import load_checkpoint
-from train.distributed import DistributedError, check_launch, process_group
 
 TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
 
@@ -73,7 +72,7 @@ def test_two_processes_train_one_model_like_one_process(ddp_run, trained_model_d
     for name, tensor in reference["state_dict"].items():
         assert best["state_dict"][name].shape == tensor.shape, name
 
-    onnx = export(export_parser().parse_args(["--model-dir", model_dir]))
+    onnx = export_onnx(ExportOptions(model_dir=model_dir))
     assert os.path.getsize(onnx) > 1_000_000
 
 
@@ -96,22 +95,22 @@ def test_ddp_run_resumes_for_one_more_epoch(ddp_run, prepared_data, tmp_path):
 SPY = """
 import os, sys
 import torch
-import train.main
+import cxr_jetson.train.main
 
-train_one_epoch = train.main.train_one_epoch
+train_one_epoch = cxr_jetson.train.main.train_one_epoch
 out = sys.argv.pop(1)
 
 
 def spy(model, *args, **kwargs):  # saves what this rank trained, after each epoch
     stats = train_one_epoch(model, *args, **kwargs)
     parameters = {name: p.detach().clone() for name, p in getattr(model, "module", model).named_parameters()}
-    epoch = args[3]  # train_one_epoch(model, split, criterion, optimizer, epoch, ...)
+    epoch = args[2]  # train_one_epoch(model, split, run, epoch, settings, order=...)
     torch.save(parameters, os.path.join(out, f"rank{os.environ['RANK']}_epoch{epoch}.pt"))
     return stats
 
 
-train.main.train_one_epoch = spy
-train.main.cli()
+cxr_jetson.train.main.train_one_epoch = spy
+cxr_jetson.train.main.cli()
 """
 
 

@@ -11,9 +11,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless, generate_uid
 
-from edge.decode import ImageDecodeError, read_grey
-from edge.dicom import DicomError, decode_dicom
-from data.synthetic import synthetic_xray
+from cxr_jetson.core.decode import ImageDecodeError, read_grey
+from cxr_jetson.core.dicom import DicomError, decode_dicom
+from cxr_jetson.data.synthetic import synthetic_xray
 from tests.conftest import run_script
 
 DIGITAL_XRAY = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation

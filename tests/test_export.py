@@ -10,11 +10,12 @@ import onnxruntime
 import pytest
 import torch
 
-from edge.model_info import ModelInfo
-from export.onnx_export import DEFAULT_OPSET, ExportError, export, get_args_parser
+from cxr_jetson.core.model_info import ModelInfo
+from cxr_jetson.export.graph import DEFAULT_OPSET, ExportError
+from cxr_jetson.export.onnx_export import ExportOptions, export_onnx
+from cxr_jetson.networks.checkpoint import load_checkpoint
+from cxr_jetson.networks.model import model_from_checkpoint
 from tests.conftest import RESOLUTION, run_script
-from train.checkpoint import load_checkpoint
-from train.model import model_from_checkpoint
 
 
 def _dims(value_info) -> list:
@@ -93,15 +94,13 @@ def test_dataparallel_checkpoint_exports(trained_model_dir, tmp_path):
     checkpoint["state_dict"] = {f"module.{k}": v for k, v in checkpoint["state_dict"].items()}
     path = tmp_path / "ddp.pth.tar"
     torch.save(checkpoint, path)
-    assert os.path.isfile(export(get_args_parser().parse_args(["--input", str(path), "--output",
-                                                               str(tmp_path / "ddp.onnx")])))
+    assert os.path.isfile(export_onnx(ExportOptions(input=str(path), output=str(tmp_path / "ddp.onnx"))))
 
 
 def test_failed_verification_keeps_no_file(trained_model_dir, tmp_path):
     output = tmp_path / "never.onnx"
     with pytest.raises(ExportError, match="disagree"):
-        export(get_args_parser().parse_args(["--model-dir", trained_model_dir, "--output", str(output),
-                                             "--tolerance", "-1"]))
+        export_onnx(ExportOptions(model_dir=trained_model_dir, output=str(output), tolerance=-1))
     assert not output.exists() and os.listdir(tmp_path) == []
 
 

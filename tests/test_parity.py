@@ -8,14 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from data.synthetic import synthetic_xray
-from edge.deployed_model import DeployedModel
-from edge.preprocess import load_for_network
+from cxr_jetson.core.preprocess import load_for_network
+from cxr_jetson.data.synthetic import synthetic_xray
+from cxr_jetson.edge.deployed_model import DeployedModel
+from cxr_jetson.networks.checkpoint import load_checkpoint, preprocess_spec
+from cxr_jetson.networks.model import model_from_checkpoint
+from cxr_jetson.train.dataset import load_split
+from cxr_jetson.train.loop import predict_probabilities
 from tests.conftest import run_script
-from train.checkpoint import load_checkpoint, preprocess_spec
-from train.dataset import load_split
-from train.engine import predict_probabilities
-from train.model import model_from_checkpoint
 
 
 @pytest.fixture(scope="module")

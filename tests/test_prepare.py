@@ -9,8 +9,8 @@ from collections import defaultdict
 
 import pytest
 
-from data.patients import patient_id
-from data.prepare import PrepareError, get_args_parser, prepare
+from cxr_jetson.data.patients import patient_id
+from cxr_jetson.data.prepare import PrepareError, get_args_parser, prepare
 from tests.conftest import run_script
 
 

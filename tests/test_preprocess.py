@@ -1,14 +1,21 @@
-"""The shared decode + preprocessing definition (edge/decode.py, edge/preprocess.py)."""
+"""The shared decode + preprocessing definition (core/decode.py, core/preprocess.py)."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from data.synthetic import synthetic_xray
-from edge.decode import ImageDecodeError, decode_grey, jpeg_reduction, jpeg_size, read_grey
-from edge.preprocess import (IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec, load_for_network, normalize,
-                             resize_to_network, window_to_uint8)
+from cxr_jetson.core.decode import ImageDecodeError, decode_grey, jpeg_reduction, jpeg_size, read_grey
+from cxr_jetson.core.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PreprocessSpec,
+    load_for_network,
+    normalize,
+    resize_to_network,
+    window_to_uint8,
+)
+from cxr_jetson.data.synthetic import synthetic_xray
 
 
 def _encode(ext: str, pixels: np.ndarray, *params: int) -> bytes:

@@ -9,8 +9,8 @@ import sys
 
 import torch
 
+from cxr_jetson.networks.checkpoint import load_checkpoint
 from tests.conftest import REPO, run_script, train_args
-from train.checkpoint import load_checkpoint
 
 EPOCHS = "3"
 

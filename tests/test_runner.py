@@ -17,14 +17,14 @@ import cv2
 import numpy as np
 import pytest
 
-from data.synthetic import synthetic_xray
-from edge.deployed_model import DeployedModel
-from edge.heatmap import evidence_map
-from edge.preprocess import load_for_network
-from edge.video_source import CaptureOptions, VideoSource, VideoSourceError
+from cxr_jetson.core.preprocess import load_for_network
+from cxr_jetson.data.synthetic import synthetic_xray
+from cxr_jetson.edge.deployed_model import DeployedModel
+from cxr_jetson.edge.heatmap import evidence_map
+from cxr_jetson.edge.video_source import CaptureOptions, VideoSource, VideoSourceError
+from cxr_jetson.train.args import get_args_parser as train_parser
+from cxr_jetson.train.main import main as train_main
 from tests.conftest import REPO, run_script
-from train.args import get_args_parser as train_parser
-from train.main import main as train_main
 
 FRAMES = 12
 ARTIFACTS = os.path.join(REPO, "test-artifacts")
@@ -252,7 +252,7 @@ def test_heatmap_peak_falls_on_the_planted_opacity(blob_model, tmp_path):
     hits = 0
     for path, quadrant in held_out:
         probabilities, cams = model.run(load_for_network(path, model.spec)[None])
-        evidence = evidence_map(cams[0], model.positive, model.decide(probabilities[0]).class_index)
+        evidence = evidence_map(cams[0], model.rule.positive, model.decide(probabilities[0]).class_index)
         row, column = np.unravel_index(np.argmax(evidence), evidence.shape)
         hits += (2 * int(row >= evidence.shape[0] / 2) + int(column >= evidence.shape[1] / 2)) == quadrant
     assert hits >= 0.8 * len(held_out), f"{hits} of {len(held_out)} peaks in the planted quadrant"

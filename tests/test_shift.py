@@ -12,12 +12,12 @@ import torch
 from bench.train_recipes import SERIES_PROXY, holdout_layout
 from bench.train_recipes import get_args_parser as recipes_parser
 from bench.train_recipes import main as recipes_main
-from data.synthetic import synthetic_xray
-from edge.preprocess import PreprocessSpec, load_for_network, resize_to_network
+from cxr_jetson.core.preprocess import PreprocessSpec, load_for_network, resize_to_network
+from cxr_jetson.data.synthetic import synthetic_xray
+from cxr_jetson.train.augment import AUGMENTATIONS, augment_batch, equalize_hist
+from cxr_jetson.train.dataset import find_classes, list_images, load_split
+from cxr_jetson.train.shift import PROXIES, degrade, load_with_proxies
 from tests.conftest import RESOLUTION
-from train.augment import AUGMENTATIONS, augment_batch, equalize_hist
-from train.dataset import find_classes, list_images, load_split
-from train.shift import PROXIES, degrade, load_with_proxies
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,14 @@ import numpy as np
 import onnx
 import pytest
 
-from edge.backends import auto_backend
-from edge.cuda_runtime import CudaError, current_gpu, open_cuda
-from edge.engine_record import EngineRecord, engine_path_for
-from edge.parity import compare
-from edge.files import sha256_file
-from edge.preprocess import PreprocessSpec, load_for_network, normalize
-from edge.tensorrt_api import TensorRTUnavailable, load_tensorrt
-from export.int8_calibrator import CalibrationError, ImageBatcher, entropy_calibrator
+from cxr_jetson.core.files import sha256_file
+from cxr_jetson.core.preprocess import PreprocessSpec, load_for_network, normalize
+from cxr_jetson.edge.backends import auto_backend
+from cxr_jetson.edge.parity import compare
+from cxr_jetson.edge.tensorrt.api import TensorRTUnavailable, load_tensorrt
+from cxr_jetson.edge.tensorrt.cuda import CudaError, current_gpu, open_cuda
+from cxr_jetson.edge.tensorrt.engine_record import EngineRecord, engine_path_for
+from cxr_jetson.edge.tensorrt.int8_calibrator import CalibrationError, ImageBatcher, entropy_calibrator
 from tests.conftest import RESOLUTION, run_script
 
 try:
@@ -207,7 +207,7 @@ def test_torch_backend_matches_onnx_runtime(exported_onnx, prepared_data):
 
 def test_parity_tool_command(exported_onnx, prepared_data, tmp_path):
     output = tmp_path / "parity.json"
-    result = run_script("-m", "edge.parity", os.path.join(prepared_data, "val"), "--model",
+    result = run_script("-m", "cxr_jetson.edge.parity", os.path.join(prepared_data, "val"), "--model",
                         os.path.dirname(exported_onnx), "--a", "torch", "--b", "onnxruntime", "--output", str(output))
     assert result.returncode == 0, result.stderr
     assert "decisions agree on 100.00%" in result.stdout

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torchvision
 
-from edge.preprocess import PreprocessSpec, normalize
+from cxr_jetson.core.preprocess import PreprocessSpec, normalize
+from cxr_jetson.networks.checkpoint import CheckpointError, load_checkpoint
+from cxr_jetson.train.augment import AugmentConfig, augment_batch
+from cxr_jetson.train.metrics import PolicyError, binary_metrics, choose_threshold
 from tests.conftest import RESOLUTION, run_script, train_args
-from train.augment import AugmentConfig, augment_batch
-from train.checkpoint import CheckpointError, load_checkpoint
-from train.metrics import PolicyError, binary_metrics, choose_threshold
 
 JETSON_KEYS = {"epoch", "arch", "resolution", "classes", "num_classes", "multi_label", "state_dict",
                "accuracy", "loss", "optimizer"}

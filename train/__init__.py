@@ -1,1 +1,2 @@
-"""Training: data loading, model building, the training loop, evaluation and reports (needs torch)."""
+"""Training: typed options, the decode-once data cache, augmentation, the epoch loop, validation and the
+decision threshold, calibration, evaluation and reports (needs torch)."""

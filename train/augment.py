@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from edge.preprocess import PreprocessSpec
+from cxr_jetson.core.preprocess import PreprocessSpec
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,6 @@ def _low_resolution(grey: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def normalize_tensor(grey: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """float ``B x 1 x R x R`` in [0, 1] -> ImageNet-normalised ``B x 3 x R x R`` (as edge.preprocess.normalize)."""
+    """float ``B x 1 x R x R`` in [0, 1] -> ImageNet-normalised ``B x 3 x R x R`` (as core/preprocess.py normalize)."""
     # Python scalars per channel: no small tensor to copy to the GPU on every training step.
     return torch.cat([(grey - mean) / std for mean, std in zip(spec.mean, spec.std)], dim=1)

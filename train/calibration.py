@@ -11,13 +11,16 @@ the threshold moves with the logits.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from train.architectures import final_linear, head_name
+from cxr_jetson.networks.architectures import final_linear, head_name
+from cxr_jetson.networks.checkpoint import preprocess_spec, save_atomic
+from cxr_jetson.train.dataset import CachedSplit
+from cxr_jetson.train.loop import predict_probabilities
 
 ECE_BINS = 15
 
@@ -80,3 +83,26 @@ def calibration_record(probabilities: np.ndarray, targets: np.ndarray, temperatu
     return {"temperature": temperature, "ece_before": expected_calibration_error(probabilities, targets),
             "ece_after": expected_calibration_error(rescale(probabilities, temperature), targets),
             "images": int(len(targets))}
+
+
+def calibrate_best(checkpoint: Dict[str, Any], model: nn.Module, val_splits: List[CachedSplit], device: torch.device,
+                   batch_size: int, best_path: str) -> None:
+    """Fit a temperature on the threshold's own images, fold it into model_best and move its threshold
+    with it; ``checkpoint`` (model_best's payload) is updated and written back."""
+    spec = preprocess_spec(checkpoint)
+    probabilities = np.concatenate([predict_probabilities(model, split, spec, device, batch_size, False,
+                                                          f"calibrate on {split.name}") for split in val_splits])
+    targets = np.concatenate([split.labels.numpy() for split in val_splits])
+    fitted = fit_temperature(probabilities, targets)
+    # Never sharpen: validation is the over-confident side of any shift, and with no mistakes on it the
+    # likelihood keeps rising as T shrinks towards 0.
+    temperature = max(1.0, fitted)
+    fold_temperature(model, temperature)
+    threshold = checkpoint.get("threshold")
+    checkpoint.update(state_dict=model.state_dict(), threshold=rescale_threshold(threshold, temperature),
+                      calibration=dict(calibration_record(probabilities, targets, temperature), fitted=fitted))
+    save_atomic(checkpoint, best_path)
+    record = checkpoint["calibration"]
+    print(f"=> calibrated model_best: temperature {temperature:.3f} (fitted {fitted:.3f}); expected calibration error "
+          f"{record['ece_before']:.4f} -> {record['ece_after']:.4f} on {len(targets)} images"
+          + (f"; threshold {threshold:.4f} -> {checkpoint['threshold']:.4f} (same decisions)" if threshold else ""))

@@ -2,7 +2,7 @@
 
 jetson-inference (torchvision ImageFolder) decodes and resizes every image again every epoch; on a
 full-resolution X-ray that costs more than the network itself. Here each image goes through the
-shared preprocessing (edge.preprocess.load_for_network) once, and epochs read the cached tensor.
+shared preprocessing (core/preprocess.py load_for_network) once, and epochs read the cached tensor.
 """
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edge.cli import ToolkitError
-from edge.decode import ImageDecodeError
-from edge.preprocess import PreprocessSpec, load_for_network
-from edge.sources import is_image_name
+from cxr_jetson.core.errors import ImageDecodeError, ToolkitError
+from cxr_jetson.core.image_files import is_image_name
+from cxr_jetson.core.preprocess import PreprocessSpec, load_for_network
 
 
 class DataError(ToolkitError):

@@ -28,8 +28,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
-from edge.cli import ToolkitError
-from train.engine import EpochStats
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.train.loop import EpochStats
 
 T = TypeVar("T")
 

@@ -1,8 +1,6 @@
 """Evaluate a checkpoint on a split at its own threshold: metrics, pictures, and the data for reports."""
 from __future__ import annotations
 
-import json
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -11,19 +9,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edge.cli import ToolkitError
-from edge.model_info import default_positive_class
-from train.checkpoint import BEST, load_checkpoint, preprocess_spec
-from train.dataset import CachedSplit, load_split
-from train.engine import predict_probabilities
-from train.metrics import confusion, evaluate_probabilities
-from train.model import model_from_checkpoint
-from train.report import write_evaluation
-
-
-def positive_class_index(classes: List[str]) -> Optional[int]:
-    name = default_positive_class(classes)
-    return classes.index(name) if name is not None else None
+from cxr_jetson.core.decision import DecisionRule
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.metric_registry import headline_summary
+from cxr_jetson.core.names import BEST_CHECKPOINT
+from cxr_jetson.networks.checkpoint import load_checkpoint, preprocess_spec
+from cxr_jetson.networks.model import model_from_checkpoint
+from cxr_jetson.train.dataset import CachedSplit, load_split
+from cxr_jetson.train.loop import predict_probabilities
+from cxr_jetson.train.metrics import confusion, evaluate_probabilities
+from cxr_jetson.train.report import write_evaluation
 
 
 @dataclass
@@ -42,10 +37,8 @@ def evaluate_checkpoint(checkpoint: Dict[str, Any], model: nn.Module, split: Cac
     """Metrics of ``model`` on ``split`` at the checkpoint's own threshold (never re-tuned on the split);
     metrics.json and the pictures go to MODEL_DIR/eval_<split>/."""
     classes = list(checkpoint["classes"])
-    positive = positive_class_index(classes)
-    threshold = checkpoint.get("threshold")
-    if positive is not None and threshold is None:
-        threshold = 0.5
+    rule = DecisionRule.for_model(classes, checkpoint.get("positive_class"), checkpoint.get("threshold"))
+    positive, threshold = rule.positive, rule.threshold
     probabilities = predict_probabilities(model, split, preprocess_spec(checkpoint), device, batch_size, False,
                                           f"evaluate {split.name}")
     targets = split.labels.numpy()
@@ -56,9 +49,7 @@ def evaluate_checkpoint(checkpoint: Dict[str, Any], model: nn.Module, split: Cac
                              checkpoint.get("history", []),
                              {"checkpoint_epoch": checkpoint.get("epoch"), "threshold_policy": checkpoint.get(
                                  "threshold_policy"), "images": split.paths})
-    summary = {k: round(v, 4) for k, v in metrics.items()
-               if k in ("auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy") and math.isfinite(v)}
-    print(f"=> {split.name} ({len(split)} images, threshold {threshold}): {json.dumps(summary)}")
+    print(f"=> {split.name} ({len(split)} images, threshold {threshold}): {headline_summary(metrics)}")
     print(f"=> wrote {', '.join(files)}")
     return Evaluation(classes, positive, threshold, metrics, matrix, probabilities, targets)
 
@@ -66,7 +57,7 @@ def evaluate_checkpoint(checkpoint: Dict[str, Any], model: nn.Module, split: Cac
 def evaluate_model_dir(model_dir: str, data: str, split_name: str, device: torch.device, batch_size: int,
                        workers: int, checkpoint_path: Optional[str] = None) -> Evaluation:
     """Load MODEL_DIR's model_best (or ``checkpoint_path``) and evaluate it on DATA/split_name."""
-    path = checkpoint_path or os.path.join(model_dir, BEST)
+    path = checkpoint_path or os.path.join(model_dir, BEST_CHECKPOINT)
     checkpoint = load_checkpoint(path)
     classes = list(checkpoint.get("classes") or [])
     if not classes:

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from edge.cli import ToolkitError
+from cxr_jetson.core.errors import ToolkitError
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 

@@ -25,7 +25,8 @@ import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
-from edge.cli import ToolkitError
+from cxr_jetson.core.decision import DEFAULT_THRESHOLD, decided_classes, is_positive
+from cxr_jetson.core.errors import ToolkitError
 
 DEFAULT_POLICY = "youden"
 
@@ -67,8 +68,8 @@ def choose_threshold(scores: np.ndarray, targets: np.ndarray, policy: str) -> fl
     if name == "fixed":
         return float(value)
     if len(np.unique(targets)) < 2:
-        warnings.warn("validation has a single class; threshold left at 0.5", stacklevel=2)
-        return 0.5
+        warnings.warn(f"validation has a single class; threshold left at {DEFAULT_THRESHOLD}", stacklevel=2)
+        return DEFAULT_THRESHOLD
     fpr, tpr, thresholds = roc_curve(targets, scores, drop_intermediate=False)
     if name == "youden":
         index = int(np.argmax(tpr - fpr))
@@ -82,7 +83,7 @@ def choose_threshold(scores: np.ndarray, targets: np.ndarray, policy: str) -> fl
 
 def binary_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -> Dict[str, float]:
     """Metrics of positive-class probabilities ``scores`` against 0/1 ``targets`` at ``threshold``."""
-    predicted = (scores >= threshold).astype(int)
+    predicted = is_positive(scores, threshold).astype(int)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(targets, predicted, labels=[0, 1]).ravel())
 
     def ratio(num: int, den: int) -> float:
@@ -120,10 +121,6 @@ def evaluate_probabilities(probabilities: np.ndarray, targets: np.ndarray, posit
 
 def confusion(probabilities: np.ndarray, targets: np.ndarray, positive: Optional[int],
               threshold: Optional[float]) -> List[List[int]]:
-    """Confusion matrix (rows: true class, columns: predicted) under the same decision rule as classify.py."""
-    count = probabilities.shape[1]
-    if positive is not None and threshold is not None:
-        predicted = np.where(probabilities[:, positive] >= threshold, positive, 1 - positive)
-    else:
-        predicted = probabilities.argmax(1)
-    return confusion_matrix(targets, predicted, labels=list(range(count))).tolist()
+    """Confusion matrix (rows: true class, columns: decided) under the decision rule (core/decision.py)."""
+    predicted = decided_classes(probabilities, positive, threshold)
+    return confusion_matrix(targets, predicted, labels=list(range(probabilities.shape[1]))).tolist()

@@ -1,6 +1,6 @@
 """A model card beside each trained model, rendered from its checkpoint so it can be regenerated.
 
-    python3 -m train.model_card models/pneumonia      # writes models/pneumonia/MODEL_CARD.md
+    python3 -m cxr_jetson.train.model_card models/pneumonia      # writes models/pneumonia/MODEL_CARD.md
 
 It states what the model is, what it was trained on (the data manifest's sha256 pins the split),
 the recipe, the validation figures at the shipped threshold, and what it must not be used for.
@@ -8,58 +8,40 @@ the recipe, the validation figures at the shipped threshold, and what it must no
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from typing import Any, Dict, List
 
-from data.synthetic import NOTICE_FILE
-from edge.cli import run_cli
-from edge.files import atomic_path, sha256_file
-from train.checkpoint import BEST, load_checkpoint, preprocess_spec
-from train.model import model_from_checkpoint
+from cxr_jetson.core.cli import run_cli
+from cxr_jetson.core.files import atomic_path, sha256_file
+from cxr_jetson.core.metric_registry import METRICS, SHIFTED_PREFIX, format_value
+from cxr_jetson.core.names import BEST_CHECKPOINT, MODEL_CARD
+from cxr_jetson.data.synthetic import NOTICE_FILE
+from cxr_jetson.networks.checkpoint import load_checkpoint, preprocess_spec
+from cxr_jetson.networks.model import model_from_checkpoint
 
-CARD = "MODEL_CARD.md"
 _RECIPE_KEYS = ("arch", "pretrained", "weights", "equalize", "augment", "epochs", "batch_size", "optimizer", "lr",
                 "warmup_epochs", "momentum", "weight_decay", "scheduler", "class_weights", "label_smoothing",
                 "head_dropout", "freeze_backbone", "unfreeze_at", "backbone_lr_scale", "train_last", "early_stop",
                 "select_metric", "threshold_policy", "robust_threshold", "amp", "seed")
-_METRICS = (("auc", "AUC"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity (recall)"),
-            ("specificity", "specificity"), ("ppv", "precision (PPV)"), ("npv", "NPV"), ("f1", "F1"))
-
-
-def _number(value: Any) -> str:
-    if isinstance(value, float):
-        return "n/a" if not math.isfinite(value) else f"{value:.4f}"
-    return str(value)
-
 
 def _is_synthetic(data: str) -> bool:
     return bool(data) and os.path.isfile(os.path.join(data, NOTICE_FILE))
 
 
-def render(checkpoint: Dict[str, Any], model_dir: str) -> str:
+def _model_section(checkpoint: Dict[str, Any], model_dir: str) -> List[str]:
     args = checkpoint.get("args") or {}
-    data = checkpoint.get("data") or {}
-    metrics = checkpoint.get("val_metrics") or {}
     spec = preprocess_spec(checkpoint)
     classes: List[str] = list(checkpoint.get("classes") or [])
     positive = checkpoint.get("positive_class")
     parameters = sum(p.numel() for p in model_from_checkpoint(checkpoint).parameters())
     onnx = os.path.join(model_dir, f"{checkpoint['arch']}.onnx")
     lines = [
-        f"# Model card: {os.path.basename(os.path.abspath(model_dir))}",
-        "",
-        f"Generated from `{BEST}` by `python3 -m train.model_card {model_dir}`; regenerate it after retraining.",
-        "",
-        "> **Not a diagnostic device.** This model is a research and engineering artefact for chest X-ray "
-        "screening pipelines. It must not be used to diagnose, treat or triage patients.",
-        "",
         "## Model",
         f"- Architecture: `{checkpoint['arch']}`, {parameters:,} parameters",
         f"- Input: {spec.resolution} x {spec.resolution}, the whole frame stretched, grey replicated to RGB, "
-        f"ImageNet mean/std (`edge/preprocess.py`, spec version {spec.version})",
+        f"ImageNet mean/std (`core/preprocess.py`, spec version {spec.version})",
         f"- Output: softmax probabilities over {', '.join(classes)}",
-        f"- Decision: {positive} when its probability is at least {_number(checkpoint.get('threshold'))} "
+        f"- Decision: {positive} when its probability is at least {format_value(checkpoint.get('threshold'))} "
         f"(policy `{checkpoint.get('threshold_policy')}`, chosen on validation data)" if positive else
         "- Decision: the most probable class",
         f"- Checkpoint: epoch {checkpoint.get('epoch')} of {args.get('epochs', '?')}, selected by "
@@ -67,8 +49,12 @@ def render(checkpoint: Dict[str, Any], model_dir: str) -> str:
     ]
     if os.path.isfile(onnx):
         lines.append(f"- ONNX: `{os.path.basename(onnx)}`, sha256 `{sha256_file(onnx)}`")
-    lines += [
-        "",
+    return lines
+
+
+def _data_section(checkpoint: Dict[str, Any]) -> List[str]:
+    args, data = checkpoint.get("args") or {}, checkpoint.get("data") or {}
+    lines = [
         "## Data",
         f"- Data set: `{data.get('path', args.get('data', '?'))}`, {data.get('train_images', '?')} training and "
         f"{data.get('val_images', '?')} validation images",
@@ -79,35 +65,57 @@ def render(checkpoint: Dict[str, Any], model_dir: str) -> str:
     if _is_synthetic(data.get("path", "")):
         lines.append("- **Trained on SYNTHETIC images** (data/synthetic.py): a pipeline demonstration, not a "
                      "model of real X-rays.")
-    lines += ["", "## Recipe", "", "| setting | value |", "|---|---|"]
-    lines += [f"| {key} | `{args[key]}` |" for key in _RECIPE_KEYS if key in args]
-    lines += ["", f"## Validation figures (at threshold {_number(checkpoint.get('threshold'))})", "",
-              "| metric | value |", "|---|---|"]
-    lines += [f"| {label} | {_number(metrics[key])} |" for key, label in _METRICS if key in metrics]
+    return lines
+
+
+def _figures_section(checkpoint: Dict[str, Any]) -> List[str]:
+    """Every registered metric at the shipped threshold, on validation and on its shifted copy."""
+    metrics = checkpoint.get("val_metrics") or {}
+    lines = [f"## Validation figures (at threshold {format_value(checkpoint.get('threshold'))})", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| {m.label} | {format_value(metrics[m.key])} |" for m in METRICS if m.key in metrics]
     if {"tp", "fp", "tn", "fn"} <= set(metrics):
         lines.append(f"| confusion (TP, FP, TN, FN) | {metrics['tp']}, {metrics['fp']}, {metrics['tn']}, "
                      f"{metrics['fn']} |")
-    lines += [f"| {label} on the shifted copy of validation (train/shift.py) | {_number(metrics['shifted_' + key])} |"
-              for key, label in _METRICS if "shifted_" + key in metrics]
-    lines += [
+    lines += [f"| {m.label} on the shifted copy of validation (train/shift.py) | "
+              f"{format_value(metrics[SHIFTED_PREFIX + m.key])} |" for m in METRICS if SHIFTED_PREFIX + m.key in metrics]
+    return lines
+
+
+_LIMITS = [
+    "## Intended use and limits",
+    "- Intended: developing and benchmarking screening pipelines on frontal chest X-rays like the training "
+    "data, with a clinician making every decision.",
+    "- The Kermany et al. data (the usual training set) are pediatric (ages 1-5) anterior-posterior X-rays "
+    "from one hospital; adults, lateral views, other hospitals and other devices are out of distribution.",
+    "- Validation figures are in-distribution. On images from other sites, specificity in particular "
+    "drops; measure on your own data before relying on any figure here.",
+    "- The threshold trades sensitivity for specificity; it was chosen on validation data and may need "
+    "re-choosing (on held-out data from the target site) before use there.",
+]
+
+
+def render(checkpoint: Dict[str, Any], model_dir: str) -> str:
+    args = checkpoint.get("args") or {}
+    recipe = ["## Recipe", "", "| setting | value |", "|---|---|"]
+    recipe += [f"| {key} | `{args[key]}` |" for key in _RECIPE_KEYS if key in args]
+    header = [
+        f"# Model card: {os.path.basename(os.path.abspath(model_dir))}",
         "",
-        "## Intended use and limits",
-        "- Intended: developing and benchmarking screening pipelines on frontal chest X-rays like the training "
-        "data, with a clinician making every decision.",
-        "- The Kermany et al. data (the usual training set) are pediatric (ages 1-5) anterior-posterior X-rays "
-        "from one hospital; adults, lateral views, other hospitals and other devices are out of distribution.",
-        "- Validation figures are in-distribution. On images from other sites, specificity in particular "
-        "drops; measure on your own data before relying on any figure here.",
-        "- The threshold trades sensitivity for specificity; it was chosen on validation data and may need "
-        "re-choosing (on held-out data from the target site) before use there.",
+        f"Generated from `{BEST_CHECKPOINT}` by `python3 -m cxr_jetson.train.model_card {model_dir}`; regenerate it "
+        "after retraining.",
         "",
+        "> **Not a diagnostic device.** This model is a research and engineering artefact for chest X-ray "
+        "screening pipelines. It must not be used to diagnose, treat or triage patients.",
     ]
-    return "\n".join(lines)
+    sections = [header, _model_section(checkpoint, model_dir), _data_section(checkpoint), recipe,
+                _figures_section(checkpoint), _LIMITS]
+    return "\n\n".join("\n".join(section) for section in sections) + "\n"
 
 
 def write_model_card(model_dir: str) -> str:
-    checkpoint = load_checkpoint(os.path.join(model_dir, BEST))
-    path = os.path.join(model_dir, CARD)
+    checkpoint = load_checkpoint(os.path.join(model_dir, BEST_CHECKPOINT))
+    path = os.path.join(model_dir, MODEL_CARD)
     with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         handle.write(render(checkpoint, model_dir))
     return path

@@ -1,68 +1,50 @@
 """Optimizers and learning-rate schedules, chosen by name, with state that survives --resume.
 
-The learning rate follows the linear scaling rule (Goyal et al., 2017): 0.01 for every 32 images of
-the global batch (batch size x processes), so a GPU run with a large batch, or torchrun across
-several GPUs, keeps the recipe's per-image step size. Batches above 32 warm up linearly over the
-first epochs, which that rule needs to stay stable.
+The learning rate and warm-up arrive resolved (train/config.py applies the linear scaling rule), so
+a GPU run with a large batch, or torchrun across several GPUs, keeps the recipe's per-image step.
 """
 from __future__ import annotations
 
-import argparse
-import os
 from typing import Dict, List
 
 import torch
 
-from edge.cli import ToolkitError
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.train.config import TrainConfig
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "onecycle", "plateau")
-BASE_LR, BASE_BATCH, LARGE_BATCH_WARMUP_EPOCHS = 0.01, 32, 2
 
 
-def global_batch(args: argparse.Namespace) -> int:
-    """Images per optimizer step across all processes (torchrun sets WORLD_SIZE)."""
-    return args.batch_size * int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def resolve_learning_rate(args: argparse.Namespace) -> None:
-    """Fill in --lr and --warmup-epochs when left to the scaling rule."""
-    batch = global_batch(args)
-    if args.lr is None:
-        args.lr = BASE_LR * batch / BASE_BATCH
-    if args.warmup_epochs is None:
-        args.warmup_epochs = LARGE_BATCH_WARMUP_EPOCHS if batch > BASE_BATCH and args.epochs > 4 else 0
-
-
-def make_optimizer(args: argparse.Namespace, groups: List[Dict]) -> torch.optim.Optimizer:
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    if args.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=args.lr, weight_decay=args.weight_decay)
-    if args.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
-    raise ToolkitError(f"invalid optimizer {args.optimizer}; choose from {', '.join(OPTIMIZERS)}")
+def make_optimizer(config: TrainConfig, groups: List[Dict]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    raise ToolkitError(f"invalid optimizer {config.optimizer}; choose from {', '.join(OPTIMIZERS)}")
 
 
 class Schedule:
     """One interface over torch's schedulers: onecycle steps every batch, plateau watches the
     validation metric that picks model_best, the others step once per epoch."""
 
-    def __init__(self, args: argparse.Namespace, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> None:
-        self.kind = args.scheduler
-        epochs = max(args.epochs, 1)
-        warmup = min(args.warmup_epochs or 0, epochs - 1) if self.kind in ("cosine", "step") else 0
+    def __init__(self, config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> None:
+        self.kind = config.scheduler
+        epochs = max(config.epochs, 1)
+        warmup = min(config.warmup_epochs or 0, epochs - 1) if self.kind in ("cosine", "step") else 0
         if self.kind == "cosine":
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs - warmup)
         elif self.kind == "step":
-            self.scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step_size, gamma=args.gamma)
+            self.scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
         elif self.kind == "onecycle":
             self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
                 total_steps=epochs * max(steps_per_epoch, 1))
         elif self.kind == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="max", factor=args.gamma, patience=args.plateau_patience)
+                optimizer, mode="max", factor=config.gamma, patience=config.plateau_patience)
         else:
             raise ToolkitError(f"invalid scheduler {self.kind}; choose from {', '.join(SCHEDULERS)}")
         if warmup:

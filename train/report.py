@@ -11,11 +11,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: Jetsons over SSH and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from edge.files import atomic_path  # noqa: E402
+from cxr_jetson.core.files import atomic_path  # noqa: E402
+from cxr_jetson.core.metric_registry import HEADLINE  # noqa: E402
 
 
 def _json_ready(value: Any) -> Any:
@@ -50,11 +51,10 @@ def plot_training_curves(history: List[Dict[str, float]], path: str) -> None:
     loss_axis.plot(epochs, [e["val_loss"] for e in history], "o-", label="validation")
     loss_axis.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     loss_axis.legend()
-    for key, label in (("val_auc", "AUC"), ("val_accuracy", "accuracy"),
-                       ("val_sensitivity", "sensitivity"), ("val_specificity", "specificity")):
-        values = [e.get(key) for e in history]
+    for metric in HEADLINE:
+        values = [e.get(f"val_{metric.key}") for e in history]
         if any(v is not None and math.isfinite(v) for v in values):
-            metric_axis.plot(epochs, values, "o-", label=label)
+            metric_axis.plot(epochs, values, "o-", label=metric.label)
     best = [e["epoch"] for e in history if e.get("is_best")]
     if best:
         metric_axis.axvline(best[-1], color="grey", linestyle=":", label=f"best (epoch {best[-1]})")

@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 import torch
 
-from edge.preprocess import PreprocessSpec, equalize
-from train.dataset import CachedSplit, load_split
+from cxr_jetson.core.preprocess import PreprocessSpec, equalize
+from cxr_jetson.train.dataset import CachedSplit, load_split
 
 
 def _contrast(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

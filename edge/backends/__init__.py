@@ -1,28 +1,40 @@
-"""Inference back-ends. Each takes a float32 N x 3 x R x R batch and returns N x C probabilities.
+"""Inference back-ends: a table of names, one class each over one interface (``Backend``).
 
-- ``tensorrt``: a TensorRT engine built from the ONNX on this device (edge/backends/trt_backend.py);
+- ``tensorrt``: a TensorRT engine built from the ONNX on this device (trt_backend.py);
 - ``onnxruntime``: the ONNX itself, on ONNX Runtime's CUDA provider when it has one, else the CPU;
 - ``torch``: the training checkpoint in torch (FP16 + CUDA graph on a GPU), for machines without
   TensorRT;
 - ``auto``: TensorRT when it is installed and a GPU is present, else ONNX Runtime.
+Each takes a float32 ``N x 3 x R x R`` batch and returns ``N x C`` probabilities (and class
+activation maps when the model has them), and reports what the model says about itself as a typed
+ModelInfo. A new back-end is one module with one class and one entry in ``BACKENDS``.
 """
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from edge.cli import ToolkitError
-
-BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.model_info import ModelInfo
 
 
 class BackendError(ToolkitError, RuntimeError):
     """A model that cannot be loaded or run; the message says why in one line."""
 
 
+@dataclass(frozen=True)
+class BackendOptions:
+    precision: Optional[str] = None  # None: the back-end's default
+    threads: int = 0                 # CPU threads (0: the back-end's default)
+    batch_size: int = 1              # the largest batch the runner will pass
+    build: bool = True               # TensorRT: build an engine when none matches the model
+
+
 class Backend:
-    """Interface every back-end implements."""
+    """Interface every back-end implements; the constructor takes (model path, BackendOptions)."""
 
     name: str = ""
     precision: str = ""
@@ -31,9 +43,8 @@ class Backend:
     resolution: int = 0
     max_batch: int = 1
     num_classes: int = 0
-    metadata: Dict[str, str] = {}
-
-    has_cam: bool = False  # the model also gives class activation maps (edge/heatmap.py)
+    info: ModelInfo = ModelInfo()    # what the model records about itself (empty for a plain export)
+    has_cam: bool = False            # the model also gives class activation maps (edge/heatmap.py)
 
     def run_all(self, batch: np.ndarray) -> Tuple[np.ndarray, ...]:
         """(probabilities ``N x C``,) or (probabilities, class activation maps ``N x C x h x w``)."""
@@ -49,10 +60,19 @@ class Backend:
         return f"{self.name} ({self.device}, {self.precision}, max batch {self.max_batch})"
 
 
+# name -> (module, class), imported on first use: each needs its own optional runtime.
+BACKENDS: Dict[str, Tuple[str, str]] = {
+    "tensorrt": ("cxr_jetson.edge.backends.trt_backend", "TensorRTBackend"),
+    "onnxruntime": ("cxr_jetson.edge.backends.ort_backend", "OnnxRuntimeBackend"),
+    "torch": ("cxr_jetson.edge.backends.torch_backend", "TorchBackend"),
+}
+BACKEND_CHOICES = ("auto",) + tuple(BACKENDS)
+
+
 def auto_backend() -> str:
     """TensorRT when it imports and a GPU is present (importing is safe anywhere), else ONNX Runtime."""
-    from edge.cuda_runtime import current_gpu
-    from edge.tensorrt_api import TensorRTUnavailable, load_tensorrt
+    from cxr_jetson.edge.tensorrt.api import TensorRTUnavailable, load_tensorrt
+    from cxr_jetson.edge.tensorrt.cuda import current_gpu
     try:
         load_tensorrt()
     except TensorRTUnavailable:
@@ -60,21 +80,9 @@ def auto_backend() -> str:
     return "tensorrt" if current_gpu() is not None else "onnxruntime"
 
 
-def open_backend(name: str, model: str, threads: int = 0, precision: Optional[str] = None,
-                 batch_size: int = 1, build: bool = True) -> Backend:
+def open_backend(name: str, model: str, options: BackendOptions = BackendOptions()) -> Backend:
     """Open ``model`` (a model dir or a file) with the named back-end."""
     if name not in BACKEND_CHOICES:
         raise BackendError(f"unknown back-end {name!r}; choose from {', '.join(BACKEND_CHOICES)}")
-    if name == "auto":
-        name = auto_backend()
-    if name == "tensorrt":
-        from edge.backends.trt_backend import TensorRTBackend
-        return TensorRTBackend(model, precision or "fp16", batch_size, build)
-    if name == "torch":
-        from edge.backends.torch_backend import TorchBackend
-        return TorchBackend(model, precision, batch_size)
-    if precision not in (None, "fp32"):
-        raise BackendError(f"ONNX Runtime runs the FP32 ONNX; --precision {precision} needs --backend tensorrt or torch")
-    from edge.backends.ort_backend import OnnxRuntimeBackend
-    from edge.model_files import resolve_model_file
-    return OnnxRuntimeBackend(resolve_model_file(model), threads=threads, batch_size=batch_size)
+    module, cls = BACKENDS[auto_backend() if name == "auto" else name]
+    return getattr(importlib.import_module(module), cls)(model, options)

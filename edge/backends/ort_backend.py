@@ -5,8 +5,10 @@ from typing import Tuple
 
 import numpy as np
 
-from edge.backends import Backend, BackendError
-from edge.model_info import CAM_OUTPUT
+from cxr_jetson.core.model_files import locate_model
+from cxr_jetson.core.model_info import ModelInfo
+from cxr_jetson.core.names import CAM_NAME
+from cxr_jetson.edge.backends import Backend, BackendError, BackendOptions
 
 _PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -15,39 +17,42 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     precision = "fp32"
 
-    def __init__(self, model_path: str, threads: int = 0, batch_size: int = 1) -> None:
-        self.model_file = model_path
+    def __init__(self, model: str, options: BackendOptions = BackendOptions()) -> None:
+        if options.precision not in (None, "fp32"):
+            raise BackendError(f"ONNX Runtime runs the FP32 ONNX; --precision {options.precision} needs "
+                               "--backend tensorrt or torch")
+        self.model_file = locate_model(model, ("onnx",))
         try:
             import onnxruntime
         except ImportError:
             raise BackendError("ONNX Runtime is not installed: pip install onnxruntime "
                                "(or onnxruntime-gpu)") from None
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3  # errors only; ORT's warnings are not actionable for users
+        session_options = onnxruntime.SessionOptions()
+        session_options.log_severity_level = 3  # errors only; ORT's warnings are not actionable for users
         # Idle ORT threads spin by default; in the runner they share the CPU with the decode and encode
         # threads, and spinning cost a fifth of the throughput on a 2-core machine.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = threads
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if options.threads:
+            session_options.intra_op_num_threads = options.threads
         available = onnxruntime.get_available_providers()
         providers = [p for p in _PREFERRED_PROVIDERS if p in available]
         try:
-            self.session = onnxruntime.InferenceSession(model_path, options, providers=providers)
+            self.session = onnxruntime.InferenceSession(self.model_file, session_options, providers=providers)
         except Exception as err:  # ORT raises its own exception types for bad files
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise BackendError(f"ONNX Runtime cannot load {model_path}: {first_line}") from None
+            raise BackendError(f"ONNX Runtime cannot load {self.model_file}: {first_line}") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_name = inputs[0].name
-        self.output_names = [outputs[0].name] + [o.name for o in outputs if o.name == CAM_OUTPUT]
+        self.output_names = [outputs[0].name] + [o.name for o in outputs if o.name == CAM_NAME]
         self.has_cam = len(self.output_names) == 2
         batch, channels, height, width = inputs[0].shape
         if channels != 3 or height != width or not isinstance(height, int):
-            raise BackendError(f"{model_path} takes input {inputs[0].shape}; expected [N, 3, R, R]")
+            raise BackendError(f"{self.model_file} takes input {inputs[0].shape}; expected [N, 3, R, R]")
         self.resolution = height
-        self.max_batch = batch if isinstance(batch, int) else max(1, batch_size)
+        self.max_batch = batch if isinstance(batch, int) else max(1, options.batch_size)
         self.num_classes = outputs[0].shape[-1]
         self.device = "cuda" if self.session.get_providers()[0].startswith("CUDA") else "cpu"
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map)
 
     def run_all(self, batch: np.ndarray) -> Tuple[np.ndarray, ...]:
         return tuple(self.session.run(self.output_names, {self.input_name: batch}))

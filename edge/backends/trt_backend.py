@@ -8,48 +8,36 @@ a machine without a usable GPU can crash the whole process instead of raising.
 """
 from __future__ import annotations
 
-import glob
-import os
 from typing import Dict, List, Tuple
 
 import numpy as np
 
-from edge.backends import Backend, BackendError
-from edge.cuda_runtime import open_cuda
-from edge.engine_record import EngineRecord, stale_reasons
-from edge.model_info import CAM_OUTPUT
-from edge.tensorrt_api import load_tensorrt
-
-INPUT, OUTPUT = "input_0", "output_0"
-
-
-def _engine_or_onnx(path: str) -> str:
-    if os.path.isdir(path):
-        found = sorted(glob.glob(os.path.join(path, "*.onnx"))) or sorted(glob.glob(os.path.join(path, "*.engine")))
-        if len(found) != 1:
-            raise BackendError(f"{path} holds {len(found) or 'no'} ONNX/engine files; pass one with --model")
-        return found[0]
-    if not os.path.isfile(path):
-        raise BackendError(f"model {path} not found")
-    return path
+from cxr_jetson.core.model_files import locate_model
+from cxr_jetson.core.model_info import ModelInfo
+from cxr_jetson.core.names import CAM_NAME, INPUT_NAME, OUTPUT_NAME
+from cxr_jetson.edge.backends import Backend, BackendError, BackendOptions
+from cxr_jetson.edge.tensorrt.api import load_tensorrt
+from cxr_jetson.edge.tensorrt.cuda import open_cuda
+from cxr_jetson.edge.tensorrt.engine_record import EngineRecord, stale_reasons
 
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, model_path: str, precision: str = "fp16", max_batch: int = 1, build: bool = True) -> None:
+    def __init__(self, model: str, options: BackendOptions = BackendOptions()) -> None:
         trt = load_tensorrt()
         self.cuda = open_cuda()  # raises CudaError without a GPU, before TensorRT's runtime is touched
         gpu = self.cuda.identity()
-        path = _engine_or_onnx(model_path)
+        path = locate_model(model, ("onnx", "engine"))
         if path.endswith(".engine"):
             reasons = stale_reasons(path, None, trt.flavor, trt.version, gpu)
             if reasons:
                 raise BackendError(f"{path} cannot be used here: {'; '.join(reasons)}; rebuild it with trt_build.py")
             engine_path = path
         else:
-            from export.trt_build import BuildOptions, ensure_engine  # the builder is only needed to (re)build
-            engine_path = ensure_engine(path, BuildOptions(precision=precision, max_batch=max_batch), build=build, trt=trt)
+            from cxr_jetson.edge.tensorrt.builder import BuildOptions, ensure_engine  # needs onnx; only to (re)build
+            build = BuildOptions(precision=options.precision or "fp16", max_batch=options.batch_size)
+            engine_path = ensure_engine(path, build, build=options.build, trt=trt)
         record = EngineRecord.read(engine_path)
         self.model_file = engine_path
         self.trt = trt
@@ -59,7 +47,7 @@ class TensorRTBackend(Backend):
         if self.engine is None:
             raise BackendError(f"{trt.label} could not load {engine_path} (its log above says why)")
         self.context = self.engine.create_execution_context()
-        self.metadata = dict(record.model_metadata)
+        self.info = ModelInfo.from_metadata(record.model_metadata)
         self.precision = record.precision
         self.device = f"cuda:0 {gpu.name}"
         self.max_batch = record.batch["max"]
@@ -69,10 +57,10 @@ class TensorRTBackend(Backend):
             self._allocate_by_name()
         else:
             self._allocate_bindings()
-        _, _, height, width = self.host[INPUT].shape
+        _, _, height, width = self.host[INPUT_NAME].shape
         self.resolution = height
-        self.num_classes = self.host[OUTPUT].shape[-1]
-        self.has_cam = CAM_OUTPUT in self.host
+        self.num_classes = self.host[OUTPUT_NAME].shape[-1]
+        self.has_cam = CAM_NAME in self.host
 
     def _allocate(self, name: str, shape, dtype) -> None:
         shape = (self.max_batch,) + tuple(shape)[1:]  # the batch dimension is -1 in dynamic engines
@@ -85,7 +73,7 @@ class TensorRTBackend(Backend):
         for name in names:
             self._allocate(name, engine.get_tensor_shape(name), engine.get_tensor_dtype(name))
             self.context.set_tensor_address(name, self.device_memory[name])
-        self.dynamic = engine.get_tensor_shape(INPUT)[0] == -1
+        self.dynamic = engine.get_tensor_shape(INPUT_NAME)[0] == -1
         self.outputs = [n for n in names if engine.get_tensor_mode(n) == self.trt.module.TensorIOMode.OUTPUT]
 
     def _allocate_bindings(self) -> None:  # TensorRT 8.2 (JetPack 4.6, the Jetson Nano)
@@ -94,7 +82,7 @@ class TensorRTBackend(Backend):
         for index, name in enumerate(names):
             self._allocate(name, engine.get_binding_shape(index), engine.get_binding_dtype(index))
         self.bindings: List[int] = [self.device_memory[name] for name in names]
-        self.input_index = names.index(INPUT)
+        self.input_index = names.index(INPUT_NAME)
         self.dynamic = engine.get_binding_shape(self.input_index)[0] == -1
         self.outputs = [n for i, n in enumerate(names) if not engine.binding_is_input(i)]
 
@@ -105,12 +93,12 @@ class TensorRTBackend(Backend):
         shape = (count,) + batch.shape[1:]
         if self.dynamic:
             if self.trt.has_name_based_io:
-                self.context.set_input_shape(INPUT, shape)
+                self.context.set_input_shape(INPUT_NAME, shape)
             else:
                 self.context.set_binding_shape(self.input_index, shape)
-        host_input = self.host[INPUT][:count]
+        host_input = self.host[INPUT_NAME][:count]
         host_input[...] = batch  # casts if the engine's input is not float32
-        self.cuda.to_device(self.device_memory[INPUT], host_input)
+        self.cuda.to_device(self.device_memory[INPUT_NAME], host_input)
         if self.trt.has_name_based_io:
             ok = self.context.execute_async_v3(self.cuda.stream_handle)
         else:
@@ -120,7 +108,7 @@ class TensorRTBackend(Backend):
         for name in self.outputs:
             self.cuda.to_host(self.host[name][:count], self.device_memory[name])
         self.cuda.synchronize()
-        return tuple(self.host[name][:count].astype(np.float32) for name in (OUTPUT, CAM_OUTPUT) if name in self.host)
+        return tuple(self.host[name][:count].astype(np.float32) for name in (OUTPUT_NAME, CAM_NAME) if name in self.host)
 
     def close(self) -> None:
         self.context = None

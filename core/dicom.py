@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from edge.decode import ImageDecodeError
+from cxr_jetson.core.errors import ImageDecodeError
 
 
 class DicomError(ImageDecodeError):

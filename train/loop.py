@@ -1,21 +1,37 @@
-"""One training epoch and one evaluation pass over cached images."""
+"""The epoch loop: one training epoch and one evaluation pass over cached images."""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from edge.preprocess import PreprocessSpec, normalize
-from train.augment import AugmentConfig, augment_batch
-from train.dataset import CachedSplit
-from train.finetune import freeze_batch_norm_statistics
+from cxr_jetson.core.preprocess import PreprocessSpec, normalize
+from cxr_jetson.train.augment import AugmentConfig, augment_batch
+from cxr_jetson.train.dataset import CachedSplit
+from cxr_jetson.train.finetune import freeze_batch_norm_statistics
+
+if TYPE_CHECKING:  # state.py builds runs with this module's steps_per_epoch
+    from cxr_jetson.train.state import TrainingRun
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How every training step of a run goes; fixed for the run."""
+
+    spec: PreprocessSpec
+    augment: AugmentConfig
+    device: torch.device
+    batch_size: int
+    amp_dtype: Optional[torch.dtype]
+    channels_last: bool
+    print_freq: int
 
 
 @dataclass
@@ -69,18 +85,37 @@ def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     return batch.to(device, non_blocking=True)
 
 
-def train_one_epoch(model: nn.Module, split: CachedSplit, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    epoch: int, spec: PreprocessSpec, augment: AugmentConfig, generator: torch.Generator,
-                    device: torch.device, batch_size: int, amp_dtype: Optional[torch.dtype],
-                    scaler: Optional[Any], channels_last: bool, print_freq: int,
-                    after_step: Optional[Callable[[], None]] = None,
+def _step(model: nn.Module, run: "TrainingRun", images: torch.Tensor, targets: torch.Tensor,
+          settings: StepSettings) -> tuple:
+    """Augment, forward, backward, update; returns the (loss, outputs) of the batch."""
+    inputs = augment_batch(images, settings.spec, settings.augment, run.generator)
+    if settings.channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    with _autocast(settings.device, settings.amp_dtype):
+        outputs = model(inputs)
+        loss = run.criterion(outputs.float(), targets)
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        loss.backward()
+        run.optimizer.step()
+    run.scheduler.after_batch()
+    return loss.detach(), outputs
+
+
+def train_one_epoch(model: nn.Module, split: CachedSplit, run: "TrainingRun", epoch: int, settings: StepSettings,
                     order: Optional[torch.Tensor] = None) -> EpochStats:
-    """One pass over ``order`` (default: a permutation of the split drawn from ``generator``; under DDP
-    this rank's shard), with the split's tensors on the training device or on the host."""
+    """One pass of ``model`` (the run's model, or its DDP wrapper) over ``order`` (default: a
+    permutation of the split drawn from the run's generator; under DDP this rank's shard), with the
+    split's tensors on the training device or on the host."""
     model.train()
     freeze_batch_norm_statistics(model)
+    device, batch_size, print_freq = settings.device, settings.batch_size, settings.print_freq
     if order is None:
-        order = torch.randperm(len(split), generator=generator)
+        order = torch.randperm(len(split), generator=run.generator)
     order = order.to(split.images.device)
     steps = steps_per_epoch(len(order), batch_size)
     # Sums stay on the device: reading one waits for the GPU, so that happens only for a batch line,
@@ -93,26 +128,9 @@ def train_one_epoch(model: nn.Module, split: CachedSplit, criterion: nn.Module, 
     for step in progress:
         step_start = time.perf_counter()
         index = order[step * batch_size:(step + 1) * batch_size]
-        images = _to_device(split.images[index], device)
         targets = _to_device(split.labels[index], device)
-        inputs = augment_batch(images, spec, augment, generator)
-        if channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp_dtype):
-            outputs = model(inputs)
-            loss = criterion(outputs.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if after_step is not None:
-            after_step()
+        batch_loss, outputs = _step(model, run, _to_device(split.images[index], device), targets, settings)
         count = len(index)
-        batch_loss = loss.detach()
         batch_correct = (outputs.argmax(1) == targets).sum()
         total_loss += batch_loss.double() * count
         total_correct += batch_correct
@@ -135,7 +153,7 @@ def predict_probabilities(model: nn.Module, split: CachedSplit, spec: Preprocess
                           batch_size: int, channels_last: bool, description: str = "evaluate") -> np.ndarray:
     """Softmax probabilities in fp32 for every cached image.
 
-    The input is built by edge.preprocess.normalize, the function the device runner uses, so these
+    The input is built by core/preprocess.py normalize, the function the device runner uses, so these
     probabilities are the ones classify.py gives for the same files (tests/test_parity.py).
     """
     model.eval()

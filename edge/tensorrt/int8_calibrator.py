@@ -11,11 +11,10 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
-from edge.cli import ToolkitError
-from edge.decode import ImageDecodeError
-from edge.files import atomic_path
-from edge.preprocess import PreprocessSpec, load_for_network, normalize
-from edge.sources import expand_input
+from cxr_jetson.core.errors import ImageDecodeError, ToolkitError
+from cxr_jetson.core.files import atomic_path
+from cxr_jetson.core.image_files import expand_input
+from cxr_jetson.core.preprocess import PreprocessSpec, load_for_network, normalize
 
 
 class CalibrationError(ToolkitError):

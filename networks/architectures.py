@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from edge.cli import ToolkitError
+from cxr_jetson.core.errors import ToolkitError
 
 
 class ModelError(ToolkitError):
@@ -54,7 +54,7 @@ class CompactCNN(nn.Module):
     average pooling and a linear head: about 2.4M parameters and 0.9 GMAC at 128 px.
 
     Average pooling before the single linear layer makes its class activation maps exact, as for
-    ResNets (train/model.py ClassifierWithCam).
+    ResNets (networks/deployable.py ClassifierWithCam).
     """
 
     WIDTHS = (32, 64, 128, 256, 256)

@@ -5,7 +5,7 @@ Three families are handled:
   name-based tensor API (``set_tensor_address``/``execute_async_v3``) from 8.5, bindings before;
 - TensorRT 10.x (JetPack 6): weakly typed, ``BuilderFlag.FP16``, ``IProgressMonitor``;
 - TensorRT 11 and TensorRT-RTX (``tensorrt_rtx``): strongly typed; an FP16 engine needs an FP16
-  network (see export/fp16_onnx.py). TensorRT-RTX also builds on a machine without a GPU when
+  network (see edge/tensorrt/fp16_onnx.py). TensorRT-RTX also builds on a machine without a GPU when
   the target compute capabilities are named.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Optional, Tuple
 
-from edge.cli import ToolkitError
+from cxr_jetson.core.errors import ToolkitError
 
 # Real TensorRT first: on a Jetson that is what runs the engine; TensorRT-RTX is the fallback that
 # can build (not run) engines on any x86 machine.

@@ -2,7 +2,7 @@
 
 An image becomes network input in three steps, each a function here:
 
-1. ``read_grey``/``decode_grey`` (edge.decode): file -> 2-D grey array, JPEGs decoded at reduced
+1. ``read_grey``/``decode_grey`` (core/decode.py): file -> 2-D grey array, JPEGs decoded at reduced
    scale when they are much larger than the network input;
 2. ``resize_to_network``: grey array -> uint8 ``R x R`` image. The whole frame is stretched (no centre
    crop: an X-ray must not lose lung fields; jetson-inference stretches the whole frame too).
@@ -25,7 +25,7 @@ from typing import Any, Dict, Tuple
 import cv2
 import numpy as np
 
-from edge.decode import decode_grey, read_bytes
+from cxr_jetson.core.decode import decode_grey, read_bytes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

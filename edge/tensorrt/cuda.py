@@ -13,7 +13,7 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
-from edge.cli import ToolkitError
+from cxr_jetson.core.errors import ToolkitError
 
 
 class CudaError(ToolkitError):

@@ -1,10 +1,10 @@
 """Compare trained models side by side on the same split: one report with figures.
 
-    python3 -m train.compare data/pneumonia models/resnet18 models/compact --output reports/compare
-    python3 -m train.compare data/pneumonia models/compact --recipe "models/compact=--arch compact_cnn --epochs 5"
+    python3 -m bench.compare_models data/pneumonia models/resnet18 models/compact --output reports/compare
+    python3 -m bench.compare_models data/pneumonia models/compact --recipe "models/compact=--arch compact_cnn --epochs 5"
 
-For every model dir: accuracy, precision, recall (sensitivity), specificity, F1 and AUC at the
-model's own threshold, its confusion matrix, parameter count, ONNX size, and the CPU latency of one
+An orchestrator over every stage (train, export, the device runner), so it lives with the
+benchmarks. For every model dir: the metric registry's metrics at the model's own threshold, its confusion matrix, parameter count, ONNX size, and the CPU latency of one
 image through the device runner (ONNX Runtime, batch 1, median); plus one figure with every ROC
 curve. A dir named in --recipe and holding no model_best.pth.tar is trained first with those
 train.py arguments, and a model without an ONNX is exported first.
@@ -26,16 +26,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from edge.cli import ToolkitError, run_cli  # noqa: E402
-from edge.deployed_model import DeployedModel  # noqa: E402
-from train.checkpoint import BEST, load_checkpoint  # noqa: E402
-from train.hardware import select_device  # noqa: E402
-from train.evaluate import Evaluation, evaluate_model_dir  # noqa: E402
-from train.model import model_from_checkpoint  # noqa: E402
-from train.report import plot_confusion, write_json  # noqa: E402
-
-_COLUMNS = (("accuracy", "accuracy"), ("ppv", "precision"), ("sensitivity", "recall (sensitivity)"),
-            ("specificity", "specificity"), ("f1", "F1"), ("auc", "AUC"))
+from cxr_jetson.core.cli import run_cli  # noqa: E402
+from cxr_jetson.core.errors import ToolkitError  # noqa: E402
+from cxr_jetson.core.metric_registry import METRICS, format_value  # noqa: E402
+from cxr_jetson.core.names import BEST_CHECKPOINT  # noqa: E402
+from cxr_jetson.edge.backends import BackendOptions  # noqa: E402
+from cxr_jetson.edge.deployed_model import DeployedModel  # noqa: E402
+from cxr_jetson.export.onnx_export import ExportOptions, export_onnx  # noqa: E402
+from cxr_jetson.networks.checkpoint import load_checkpoint  # noqa: E402
+from cxr_jetson.networks.model import model_from_checkpoint  # noqa: E402
+from cxr_jetson.train.evaluate import Evaluation, evaluate_model_dir  # noqa: E402
+from cxr_jetson.train.hardware import select_device  # noqa: E402
+from cxr_jetson.train.report import plot_confusion, write_json  # noqa: E402
 
 
 def _parse_recipes(recipes: List[str]) -> Dict[str, List[str]]:
@@ -49,28 +51,25 @@ def _parse_recipes(recipes: List[str]) -> Dict[str, List[str]]:
 
 
 def _ensure_trained(model_dir: str, data: str, recipe: List[str]) -> None:
-    if os.path.isfile(os.path.join(model_dir, BEST)):
+    if os.path.isfile(os.path.join(model_dir, BEST_CHECKPOINT)):
         return
     if recipe is None:
-        raise ToolkitError(f"{model_dir} holds no {BEST}; train it first or give --recipe {model_dir}=ARGUMENTS")
-    from train.args import get_args_parser
-    from train.main import main as train_main
+        raise ToolkitError(f"{model_dir} holds no {BEST_CHECKPOINT}; train it first or give --recipe {model_dir}=ARGUMENTS")
+    from cxr_jetson.train.args import get_args_parser
+    from cxr_jetson.train.main import main as train_main
     print(f"== training {model_dir}: train.py {' '.join(recipe)}")
     train_main(get_args_parser().parse_args([data, "--model-dir", model_dir, *recipe]))
 
 
 def _ensure_onnx(model_dir: str) -> str:
-    arch = load_checkpoint(os.path.join(model_dir, BEST))["arch"]
+    arch = load_checkpoint(os.path.join(model_dir, BEST_CHECKPOINT))["arch"]
     path = os.path.join(model_dir, f"{arch}.onnx")
-    if not os.path.isfile(path):
-        from export.onnx_export import export, get_args_parser
-        export(get_args_parser().parse_args(["--model-dir", model_dir]))
-    return path
+    return path if os.path.isfile(path) else export_onnx(ExportOptions(model_dir=model_dir))
 
 
 def _latency_ms(onnx_path: str, runs: int) -> float:
     """Median ms of one preprocessed image through the device runner's ONNX Runtime back-end."""
-    model = DeployedModel(onnx_path, "onnxruntime")
+    model = DeployedModel(onnx_path, "onnxruntime", options=BackendOptions())
     image = np.random.default_rng(0).integers(0, 256, (1, model.spec.resolution, model.spec.resolution), np.uint8)
     for _ in range(5):
         model.run(image)
@@ -103,12 +102,12 @@ def _roc_figure(evaluations: Dict[str, Evaluation], split: str, path: str) -> No
 
 def _report(rows: List[Dict], split: str, data: str, command: str) -> str:
     lines = [f"# Model comparison on `{data}` / {split}", "", f"Made by `{command}`.", "",
-             "| model | arch | input | " + " | ".join(label for _, label in _COLUMNS)
+             "| model | arch | input | " + " | ".join(m.label for m in METRICS)
              + " | threshold | parameters | ONNX MB | CPU ms/image |",
-             "|---" * (len(_COLUMNS) + 7) + "|"]
+             "|---" * (len(METRICS) + 7) + "|"]
     for row in rows:
         metrics = row["metrics"]
-        values = " | ".join(f"{metrics[key]:.4f}" if key in metrics else "n/a" for key, _ in _COLUMNS)
+        values = " | ".join(format_value(metrics.get(m.key)) for m in METRICS)
         threshold = f"{row['threshold']:.4f}" if row["threshold"] is not None else "argmax"
         lines.append(f"| {row['name']} | {row['arch']} | {row['resolution']} | {values} | {threshold} | "
                      f"{row['parameters']:,} | {row['onnx_mb']:.1f} | {row['latency_ms']:.2f} |")
@@ -129,7 +128,7 @@ def compare(args: argparse.Namespace, command: str) -> str:
     for model_dir in args.model_dirs:
         name = os.path.basename(os.path.normpath(model_dir))
         _ensure_trained(model_dir, args.data, recipes.get(os.path.normpath(model_dir)))
-        checkpoint = load_checkpoint(os.path.join(model_dir, BEST))
+        checkpoint = load_checkpoint(os.path.join(model_dir, BEST_CHECKPOINT))
         evaluation = evaluate_model_dir(model_dir, args.data, args.split, device, args.batch_size, args.workers)
         evaluations[name] = evaluation
         onnx_path = _ensure_onnx(model_dir)
@@ -165,14 +164,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace, command: str = "python3 -m train.compare ...") -> int:
+def main(args: argparse.Namespace, command: str = "python3 -m bench.compare_models ...") -> int:
     print(f"=> report: {compare(args, command)}")
     return 0
 
 
 def cli() -> None:
-    command = "python3 -m train.compare " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    run_cli(lambda: main(get_args_parser().parse_args(), command), "train.compare")
+    command = "python3 -m bench.compare_models " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    run_cli(lambda: main(get_args_parser().parse_args(), command), "bench.compare_models")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""What a deployed model says about itself: labels, preprocessing, decision threshold, provenance.
+"""The model contract: what a deployed model says about itself (labels, preprocessing, decision
+threshold and its positive class, provenance).
 
-onnx_export.py writes these as ONNX ``metadata_props`` (string key/value pairs), so a single .onnx file
-is self-describing; back-ends hand the same map back here. Keys are namespaced so they never clash
-with other tools' metadata.
+onnx_export.py writes it as ONNX ``metadata_props`` (string key/value pairs), so a single .onnx file
+is self-describing; the engine sidecar carries the same map. Every back-end reads it back into one
+typed ModelInfo. Keys are namespaced so they never clash with other tools' metadata.
 """
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
-from edge.cli import ToolkitError
-from edge.preprocess import PreprocessSpec
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.preprocess import PreprocessSpec
 
 KEY_LABELS = "cxr.labels"
 KEY_PREPROCESS = "cxr.preprocess"
@@ -21,10 +22,6 @@ KEY_THRESHOLD_POLICY = "cxr.threshold_policy"
 KEY_ARCH = "cxr.arch"
 KEY_OUTPUT = "cxr.output"
 KEY_PROVENANCE = "cxr.provenance"
-
-DEFAULT_POSITIVE_CLASS = "PNEUMONIA"
-# The optional second output: class activation maps [N, C, h, w] from the same inference.
-CAM_OUTPUT = "cam_0"
 
 
 @dataclass
@@ -65,21 +62,3 @@ class ModelInfo:
                    threshold_policy=metadata.get(KEY_THRESHOLD_POLICY),
                    arch=metadata.get(KEY_ARCH), provenance=provenance)
 
-
-def default_positive_class(classes: List[str]) -> Optional[str]:
-    """The class a two-class model's threshold applies to: PNEUMONIA if present, else the second."""
-    if len(classes) != 2:
-        return None
-    return DEFAULT_POSITIVE_CLASS if DEFAULT_POSITIVE_CLASS in classes else classes[1]
-
-
-def positive_index(labels: List[str], positive_class: Optional[str]) -> Optional[int]:
-    """Index of the class the decision threshold applies to, or None to decide by argmax.
-
-    A threshold only makes sense for a two-class model; the positive class is the one named in the
-    model (PNEUMONIA by default).
-    """
-    if len(labels) != 2:
-        return None
-    name = positive_class or DEFAULT_POSITIVE_CLASS
-    return labels.index(name) if name in labels else None

@@ -13,11 +13,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-from edge.files import atomic_path, sha256_file
-from edge.cli import ToolkitError
-from edge.cuda_runtime import GpuIdentity
-
-PRECISIONS = ("fp16", "fp32", "int8")
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.files import atomic_path, sha256_file
+from cxr_jetson.edge.tensorrt.cuda import GpuIdentity
 
 
 class EngineRecordError(ToolkitError):

@@ -1,37 +1,32 @@
-"""trt_build.py: ONNX -> TensorRT engine, FP16 by default, cached beside the ONNX with a sidecar.
-
-    python3 trt_build.py --model-dir models/pneumonia                 # on the Jetson
-    python3 trt_build.py --onnx models/pneumonia/resnet18.onnx --precision fp32
-    python3 trt_build.py --model-dir models/pneumonia --precision int8 --calibration-images data/pneumonia/val
+"""The TensorRT engine builder: ONNX -> engine, FP16 by default, cached beside the ONNX with a sidecar.
 
 The engine (``resnet18.fp16.b1.engine``) and its sidecar (``.engine.json``: TensorRT version, GPU,
 precision, batch profile, the ONNX's sha256, the engine's own sha256) are written atomically. An
-engine that no longer matches its ONNX, TensorRT or GPU is rebuilt; classify.py does the same on
-load, or refuses with --no-build. Build and inference are separate programs linked only by the
-engine file and its sidecar, as in NVIDIA's TensorRT samples.
+engine that no longer matches its ONNX, TensorRT or GPU is rebuilt (``ensure_engine``); the TensorRT
+back-end does the same on load, or refuses with --no-build. Build and inference are linked only by
+the engine file and its sidecar, as in NVIDIA's TensorRT samples. The command is trt_build.py.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
 import os
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import onnx
-from tqdm import tqdm
 
-from edge.cli import ToolkitError, run_cli
-from edge.cuda_runtime import GpuIdentity, current_gpu, open_cuda
-from edge.model_files import default_model_path, resolve_model_file
-from edge.engine_record import PRECISIONS, EngineRecord, engine_path_for, stale_reasons
-from edge.files import atomic_path, sha256_file
-from edge.model_info import ModelInfo
-from edge.tensorrt_api import TensorRT, load_tensorrt
-from export.fp16_onnx import fp16_model
-from export.int8_calibrator import ImageBatcher, entropy_calibrator
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.files import atomic_path, sha256_file
+from cxr_jetson.core.model_info import ModelInfo
+from cxr_jetson.core.names import INPUT_NAME, OUTPUT_NAME, PRECISIONS
+from cxr_jetson.edge.tensorrt.api import TensorRT, load_tensorrt
+from cxr_jetson.edge.tensorrt.cuda import GpuIdentity, current_gpu, open_cuda
+from cxr_jetson.edge.tensorrt.engine_record import EngineRecord, engine_path_for, stale_reasons
+from cxr_jetson.edge.tensorrt.fp16_onnx import fp16_model
+from cxr_jetson.edge.tensorrt.int8_calibrator import ImageBatcher, entropy_calibrator
+from cxr_jetson.edge.tensorrt.progress import Spinner, progress_monitor
 
 LOG_LEVELS = ("error", "warning", "info", "verbose")
 
@@ -40,14 +35,14 @@ class BuildError(ToolkitError):
     """The ONNX could not be parsed or the engine could not be built."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class BuildOptions:
     precision: str = "fp16"
     max_batch: int = 1
     workspace_mib: Optional[int] = None
     tactic_shared_kib: Optional[int] = None
     timing_cache: Optional[str] = None
-    compute_capabilities: List[str] = field(default_factory=list)  # TensorRT-RTX offline targets
+    compute_capabilities: Tuple[str, ...] = ()  # TensorRT-RTX offline targets
     log_level: str = "warning"
     calibration_images: Optional[str] = None
     calibration_batches: int = 16
@@ -59,68 +54,6 @@ def _default_timing_cache(trt: TensorRT, gpu: Optional[GpuIdentity]) -> str:
     device = "".join(c if c.isalnum() else "-" for c in gpu.name).strip("-") if gpu else "offline"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "cxr-jetson", f"{trt.flavor}-{trt.version}-{device}.timingcache")
-
-
-def _progress_monitor(trt: TensorRT):
-    """TensorRT 10+'s IProgressMonitor, shown as one live status line (or phase lines off a terminal)."""
-
-    class BuildProgress(trt.module.IProgressMonitor):
-        def __init__(self) -> None:
-            trt.module.IProgressMonitor.__init__(self)
-            self.start = time.perf_counter()
-            self.phases: Dict[str, List] = {}
-            self.status = tqdm(bar_format="{desc}", disable=None, leave=False)
-
-        def _depth(self, name: Optional[str]) -> int:
-            depth = 0
-            while name in self.phases:
-                name, depth = self.phases[name][0], depth + 1
-            return depth
-
-        def _show(self) -> None:
-            path = " > ".join(f"{name} [{done}/{steps}]" for name, (_, steps, done) in self.phases.items())
-            self.status.set_description_str(f"building {time.perf_counter() - self.start:5.1f} s: {path}")
-
-        def phase_start(self, phase_name, parent_phase, num_steps) -> None:
-            self.phases[phase_name] = [parent_phase, num_steps, 0]
-            depth = self._depth(parent_phase)
-            if self.status.disable and depth <= 1:  # off a terminal: the two outer levels, one line each
-                print(f"  {time.perf_counter() - self.start:6.1f} s  {'  ' * depth}{phase_name}", flush=True)
-            self._show()
-
-        def step_complete(self, phase_name, step) -> bool:
-            if phase_name in self.phases:
-                self.phases[phase_name][2] = step + 1
-            self._show()
-            return True  # False would cancel the build
-
-        def phase_finish(self, phase_name) -> None:
-            self.phases.pop(phase_name, None)
-            self._show()
-
-    return BuildProgress()
-
-
-class _Spinner:
-    """Elapsed time while a TensorRT 8.x build runs (it has no progress callback)."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        start = time.perf_counter()
-        with tqdm(bar_format="{desc}", disable=None, leave=False) as status:
-            while not self.done.wait(0.5):
-                status.set_description_str(f"building engine: {time.perf_counter() - start:5.1f} s")
-
-    def __enter__(self) -> "_Spinner":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.done.set()
-        self.thread.join()
 
 
 class EngineBuilder:
@@ -144,7 +77,7 @@ class EngineBuilder:
         for kind, tensors in (("input", inputs), ("output", outputs)):
             for tensor in tensors:
                 print(f"  network {kind} '{tensor.name}' shape {tuple(tensor.shape)} {tensor.dtype}")
-        if [t.name for t in inputs] != ["input_0"] or "output_0" not in [t.name for t in outputs]:
+        if [t.name for t in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [t.name for t in outputs]:
             raise BuildError(f"{name} has inputs {[t.name for t in inputs]} and outputs {[t.name for t in outputs]}; "
                              "this toolkit's models take input_0 and give output_0 (export with onnx_export.py)")
         shape = tuple(inputs[0].shape)
@@ -157,7 +90,7 @@ class EngineBuilder:
         if shape[0] == -1:
             self.profile = self.builder.create_optimization_profile()
             dims = shape[1:]
-            self.profile.set_shape("input_0", (1,) + dims, (batch,) + dims, (batch,) + dims)
+            self.profile.set_shape(INPUT_NAME, (1,) + dims, (batch,) + dims, (batch,) + dims)
             self.config.add_optimization_profile(self.profile)
             return {"min": 1, "opt": batch, "max": batch}
         if shape[0] != batch:
@@ -233,10 +166,10 @@ class EngineBuilder:
               f"(this can take minutes on a Jetson)", flush=True)
         start = time.perf_counter()
         if self.trt.has_progress_monitor:
-            self.config.progress_monitor = _progress_monitor(self.trt)
+            self.config.progress_monitor = progress_monitor(self.trt)
             serialized = self.builder.build_serialized_network(network, self.config)
         else:
-            with _Spinner():
+            with Spinner():
                 serialized = self.builder.build_serialized_network(network, self.config)
         seconds = time.perf_counter() - start
         if serialized is None:
@@ -267,8 +200,9 @@ def build_engine(onnx_path: str, options: BuildOptions, trt: Optional[TensorRT] 
     if options.max_batch < 1:
         raise BuildError("--max-batch must be at least 1")
     gpu = current_gpu()
-    options.timing_cache = options.timing_cache or _default_timing_cache(trt, gpu)
-    options.calibration_cache = options.calibration_cache or os.path.splitext(onnx_path)[0] + ".int8.calibration"
+    options = dataclasses.replace(
+        options, timing_cache=options.timing_cache or _default_timing_cache(trt, gpu),
+        calibration_cache=options.calibration_cache or os.path.splitext(onnx_path)[0] + ".int8.calibration")
     onnx_bytes, metadata = _onnx_for_build(onnx_path, trt, options.precision)
     builder = EngineBuilder(trt, options, gpu)
     network, shape = builder.create_network(onnx_bytes, onnx_path)
@@ -306,51 +240,3 @@ def ensure_engine(onnx_path: str, options: BuildOptions, build: bool = True, for
     return build_engine(onnx_path, options, trt)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Build a TensorRT engine from this toolkit's ONNX (FP16 by default).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model-dir", default=default_model_path(), help="folder holding the .onnx")
-    parser.add_argument("--onnx", default=None, help="ONNX file (instead of --model-dir)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp16", help="engine precision")
-    parser.add_argument("--max-batch", type=int, default=1, help="largest batch (needs a --dynamic-batch export above 1)")
-    parser.add_argument("--workspace", type=int, default=None, metavar="MIB",
-                        help="builder workspace limit in MiB (default: TensorRT's)")
-    parser.add_argument("--tactic-shared-memory", type=int, default=None, metavar="KIB",
-                        help="limit on the shared memory tactics may use, in KiB (default: TensorRT's)")
-    parser.add_argument("--timing-cache", default=None, help="timing cache file, reused across builds "
-                                                             "(default: ~/.cache/cxr-jetson/<tensorrt>-<gpu>.timingcache)")
-    parser.add_argument("--compute-capability", default="", metavar="SM86[,SM89]",
-                        help="TensorRT-RTX only: target GPUs when building on a machine without one")
-    parser.add_argument("--calibration-images", default=None, metavar="DIR",
-                        help="INT8: folder of real images for calibration (e.g. data/pneumonia/val)")
-    parser.add_argument("--calibration-batches", type=int, default=16, help="INT8: batches of 8 images to use")
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default="warning", help="TensorRT build log verbosity")
-    parser.add_argument("--force", action="store_true", help="rebuild even when the cached engine still matches")
-    parser.add_argument("--check", action="store_true",
-                        help="only report whether the cached engine can be used (exit 1 when it cannot)")
-    return parser
-
-
-def options_from_args(args: argparse.Namespace) -> BuildOptions:
-    return BuildOptions(precision=args.precision, max_batch=args.max_batch, workspace_mib=args.workspace,
-                        tactic_shared_kib=args.tactic_shared_memory, timing_cache=args.timing_cache,
-                        compute_capabilities=[c for c in args.compute_capability.split(",") if c],
-                        log_level=args.log_level, calibration_images=args.calibration_images,
-                        calibration_batches=args.calibration_batches)
-
-
-def main(args: argparse.Namespace) -> int:
-    onnx_path = resolve_model_file(args.onnx or args.model_dir)
-    trt = load_tensorrt()
-    options = options_from_args(args)
-    if args.check:
-        engine_path = engine_path_for(onnx_path, options.precision, options.max_batch)
-        reasons = stale_reasons(engine_path, onnx_path, trt.flavor, trt.version, current_gpu())
-        print(f"{engine_path}: " + ("up to date" if not reasons else "; ".join(reasons)))
-        return 1 if reasons else 0
-    ensure_engine(onnx_path, options, build=True, force=args.force, trt=trt)
-    return 0
-
-
-def cli() -> None:
-    run_cli(lambda: main(get_args_parser().parse_args()), "trt_build.py")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import List
 
-from edge.cli import ToolkitError
+from cxr_jetson.core.errors import ToolkitError
 
 # jetson-inference splits "n01440764 tench" into a synset and a description; plain lines are labels.
 _SYNSET_LINE = re.compile(r"^n\d{8} (.+)$")

@@ -11,7 +11,8 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
-from edge.cli import ToolkitError
+from cxr_jetson.core.dicom import decode_dicom
+from cxr_jetson.core.errors import ImageDecodeError
 
 # libjpeg can scale a JPEG down by 2, 4 or 8 while decoding (DCT scaling), far cheaper than a full
 # decode followed by a resize.
@@ -23,10 +24,6 @@ _REDUCED_GREY_FLAGS = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8),
 # but are not frames.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01}
-
-
-class ImageDecodeError(ToolkitError, ValueError):
-    """A file that cannot be turned into pixels; the message says why in one line."""
 
 
 def read_bytes(path: str) -> bytes:
@@ -101,12 +98,11 @@ def jpeg_reduction(data: bytes, min_side: int) -> int:
 def decode_grey(data: bytes, name: str = "<bytes>", min_side: int = 0) -> np.ndarray:
     """Decode encoded image bytes to a 2-D grey array (uint8, or uint16 for 16-bit files).
 
-    DICOM is windowed to uint8 as a viewer shows it (edge/dicom.py). Colour is converted to grey,
+    DICOM is windowed to uint8 as a viewer shows it (core/dicom.py). Colour is converted to grey,
     and alpha is treated as coverage over black. With ``min_side`` > 0,
     a JPEG is decoded at the largest 1/2, 1/4 or 1/8 scale whose short side stays >= ``min_side``.
     """
     if is_dicom(data) or name.lower().endswith(".dcm"):
-        from edge.dicom import decode_dicom  # imported on demand: it needs pydicom, and imports this module
         return decode_dicom(data, name)
     buffer = np.frombuffer(data, np.uint8)
     if is_jpeg(data):

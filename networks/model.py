@@ -5,11 +5,10 @@ from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
-import torchvision
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from train.architectures import CompactCNN, ModelError, final_linear, head_name, new_model, reshape_head
-from train.checkpoint import load_checkpoint_file
+from cxr_jetson.networks.architectures import ModelError, final_linear, head_name, new_model, reshape_head
+from cxr_jetson.networks.checkpoint import load_checkpoint_file
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
@@ -59,43 +58,6 @@ def model_from_checkpoint(checkpoint: Dict[str, Any]) -> nn.Module:
         raise ModelError(f"checkpoint weights do not fit {arch} with {num_classes} classes: "
                          f"{str(err).splitlines()[0]}") from None
     return model.eval()
-
-
-class ClassifierWithCam(nn.Module):
-    """Softmax probabilities and class activation maps from one forward pass.
-
-    For a network ending in global average pooling and one linear layer (ResNets, the compact CNN)
-    the map of class c is that layer's weights for c applied at every position of the last feature
-    map: averaging it over the positions and adding the bias gives exactly the logit of c, so the map
-    shows where that logit comes from. It is a 1x1 convolution over the features, exported as a second
-    ONNX output (``cam_0``) beside ``output_0``.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        if not supports_cam(model):
-            raise ModelError(f"{type(model).__name__} has no global-average-pool + linear head to take a CAM from")
-        self.model = model
-        weight = final_linear(model.fc).weight.detach()
-        self.cam = nn.Conv2d(weight.shape[1], weight.shape[0], kernel_size=1, bias=False)
-        self.cam.weight = nn.Parameter(weight[:, :, None, None].clone(), requires_grad=False)
-
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        if isinstance(m, CompactCNN):
-            return m.forward_features(x)
-        return m.layer4(m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x))))))))
-
-    def forward(self, x: torch.Tensor):
-        features = self._features(x)
-        m = self.model
-        logits = m.forward_head(features) if isinstance(m, CompactCNN) else m.fc(torch.flatten(m.avgpool(features), 1))
-        return torch.softmax(logits, dim=1), self.cam(features)
-
-
-def supports_cam(model: nn.Module) -> bool:
-    """torchvision ResNets (resnet*, resnext*, wide_resnet*) and the compact CNN: the layouts read above."""
-    return isinstance(model, (torchvision.models.ResNet, CompactCNN))
 
 
 def model_classes(model: nn.Module) -> int:

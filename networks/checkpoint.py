@@ -1,31 +1,54 @@
-"""Checkpoints: written atomically, read with ``weights_only=True`` (a checkpoint is untrusted input).
+"""The checkpoint format, written and read here alone: written atomically, read with
+``weights_only=True`` (a checkpoint is untrusted input).
 
 The payload keeps jetson-inference's keys (epoch, arch, resolution, classes, num_classes,
 multi_label, state_dict, accuracy, loss, optimizer) so its tools can read ours, and adds what exact
 resume and deployment need: scheduler, scaler and RNG states, the best metric and its epoch, the
-decision threshold and its policy, the preprocessing spec, validation metrics and the history.
+decision threshold, its policy and positive class, the preprocessing spec, validation metrics, the
+history, the run's arguments and what it was trained on.
 """
 from __future__ import annotations
 
 import os
 import pickle
 import shutil
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from edge.files import atomic_path
-from edge.cli import ToolkitError
-from edge.model_info import ModelInfo, default_positive_class
-from edge.preprocess import PreprocessSpec
+from cxr_jetson.core.decision import class_to_record
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.files import atomic_path
+from cxr_jetson.core.model_info import ModelInfo
+from cxr_jetson.core.preprocess import PreprocessSpec
 
-CHECKPOINT = "checkpoint.pth.tar"
-BEST = "model_best.pth.tar"
 REQUIRED_KEYS = ("arch", "num_classes", "state_dict")
 
 
 class CheckpointError(ToolkitError):
     """A checkpoint that cannot be trusted or used."""
+
+
+def training_checkpoint(*, epoch: int, arch: str, classes: Sequence[str], spec: PreprocessSpec,
+                        state_dict: Dict[str, torch.Tensor], optimizer: Dict[str, Any], accuracy: Dict[str, float],
+                        loss: Dict[str, float], threshold: Optional[float], threshold_policy: str,
+                        scheduler: Dict[str, Any], scaler: Optional[Dict[str, Any]], rng: Dict[str, Any],
+                        best: Dict[str, Any], history: List[Dict[str, Any]], val_metrics: Dict[str, float],
+                        args: Dict[str, Any], head_dropout: float, data: Dict[str, Any]) -> Dict[str, Any]:
+    """The payload of a checkpoint written during training (accuracy in percent, as jetson-inference's)."""
+    return {
+        # jetson-inference's keys
+        "epoch": epoch, "arch": arch, "resolution": spec.resolution, "classes": list(classes),
+        "num_classes": len(classes), "multi_label": False, "state_dict": state_dict, "accuracy": accuracy,
+        "loss": loss, "optimizer": optimizer,
+        # the decision the model ships with, and how its input is made
+        "threshold": threshold, "threshold_policy": threshold_policy, "positive_class": class_to_record(classes),
+        "preprocess": spec.to_dict(),
+        # exact resume
+        "scheduler": scheduler, "scaler": scaler, "rng": rng, "best": best, "history": history,
+        # the record the reports and the model card read
+        "val_metrics": val_metrics, "args": args, "head_dropout": head_dropout, "data": data,
+    }
 
 
 def save_atomic(payload: Dict[str, Any], path: str) -> None:
@@ -87,6 +110,6 @@ def model_info(checkpoint: Dict[str, Any], provenance: Dict[str, Any]) -> ModelI
     """What a deployed model carries about itself (ONNX metadata, engine sidecar), from its checkpoint."""
     classes = list(checkpoint.get("classes") or [f"class #{i}" for i in range(checkpoint["num_classes"])])
     return ModelInfo(labels=classes, spec=preprocess_spec(checkpoint), threshold=checkpoint.get("threshold"),
-                     positive_class=checkpoint.get("positive_class") or default_positive_class(classes),
+                     positive_class=checkpoint.get("positive_class"),
                      threshold_policy=checkpoint.get("threshold_policy"), arch=checkpoint["arch"],
                      provenance=provenance)

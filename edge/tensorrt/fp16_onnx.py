@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnx
 
-from edge.cli import ToolkitError
+from cxr_jetson.core.errors import ToolkitError
 
 
 def fp16_model(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -6,10 +6,7 @@ import os
 import sys
 from typing import Callable, Optional
 
-
-class ToolkitError(Exception):
-    """An error the user can act on. Entry scripts print it as one line and exit with status 2."""
-
+from cxr_jetson.core.errors import ToolkitError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

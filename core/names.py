@@ -1,0 +1,32 @@
+"""The names two parts of the toolkit must agree on, written once: tensor names, file names, the
+default model folder, engine precisions and the toolkit's version.
+
+The tensor and file names are jetson-inference's, so its tools read what this toolkit writes.
+"""
+from __future__ import annotations
+
+import os
+
+from cxr_jetson import __version__
+
+TOOLKIT = "cxr-jetson"
+TOOLKIT_VERSION = __version__
+
+# The ONNX / engine contract (jetson-inference's names): float32 [N, 3, R, R] in, [N, C] probabilities out.
+INPUT_NAME = "input_0"
+OUTPUT_NAME = "output_0"
+# The optional second output: class activation maps [N, C, h, w] from the same inference.
+CAM_NAME = "cam_0"
+
+# Files in a model folder.
+BEST_CHECKPOINT = "model_best.pth.tar"
+LAST_CHECKPOINT = "checkpoint.pth.tar"
+LABELS_FILE = "labels.txt"
+MODEL_CARD = "MODEL_CARD.md"
+
+# Where models live when none is named; $NET is the variable jetson-inference's docs use for it.
+DEFAULT_MODEL_DIR = os.path.join("models", "pneumonia")
+MODEL_DIR_VARIABLE = "NET"
+
+# TensorRT engine precisions, the default first.
+PRECISIONS = ("fp16", "fp32", "int8")
