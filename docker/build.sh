@@ -68,7 +68,10 @@ else
     else
         command+=(--build-arg "BASE_IMAGE=$base")
     fi
-    command+=(--build-arg "CUDA_MAJOR=$(cuda_major)")
+    command+=(--build-arg "CUDA_RELEASE=$(cuda_release)")
+    if [ "$target" = runtime ]; then
+        command+=(--build-arg "TENSORRT_MAJOR=$(tensorrt_major)" --build-arg "L4T_APT_RELEASE=$(l4t_apt_release)")
+    fi
 fi
 command+=(-t "$image" "$@" "$REPO")
 

@@ -6,16 +6,22 @@ and the engine builder need are importable or present, OpenCV has GStreamer wher
 a full image's torch is a CUDA build, and the device path still imports without torch. Running an
 engine needs the Jetson: see "Check the images on a Jetson" in docs/deploy-jetson.md.
 
-usage: check_image.py [--full] [--gstreamer]
-  --full       also torch (CUDA build), torchvision, onnx and ONNX Runtime: train and export
-  --gstreamer  OpenCV must be built with GStreamer (csi:// cameras, on a Jetson)
+usage: check_image.py [--full] [--gstreamer] [--onnx-parser N]
+  --full           also torch (CUDA build), torchvision, onnx and ONNX Runtime: train and export
+  --gstreamer      OpenCV must be built with GStreamer (csi:// cameras, on a Jetson)
+  --onnx-parser N  TensorRT's ONNX parser library, libnvonnxparser.so.N, must be installed (8 on
+                   JetPack 5, 10 on JetPack 6): engines are built on the device from the ONNX
 Runs on the Python of the image (3.8 on JetPack 5): standard library and the project only.
 """
 import argparse
+import glob
 import importlib.util
 import os
 import re
+import subprocess
 import sys
+
+LIBRARY_FOLDERS = ("/usr/lib/aarch64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/usr/local/cuda/lib64", "/usr/lib")
 
 
 def present(module):
@@ -26,8 +32,20 @@ def present(module):
         return False
 
 
-def problems(full, gstreamer):
+def library_present(name):
+    """A shared library is installed where the dynamic linker finds it (ldconfig's cache, or the usual folders)."""
+    try:
+        cache = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        cache = ""
+    return name in cache or any(glob.glob(os.path.join(folder, name + "*")) for folder in LIBRARY_FOLDERS)
+
+
+def problems(full, gstreamer, onnx_parser=""):
     found = []
+    if onnx_parser and not library_present(f"libnvonnxparser.so.{onnx_parser}"):
+        found.append(f"no TensorRT ONNX parser (libnvonnxparser.so.{onnx_parser}; "
+                     f"apt-get install libnvonnxparsers{onnx_parser})")
     try:
         import cv2
     except ImportError as error:
@@ -58,8 +76,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="check a built image before it is kept")
     parser.add_argument("--full", action="store_true", help="also the training and export stack")
     parser.add_argument("--gstreamer", action="store_true", help="OpenCV must have GStreamer")
+    parser.add_argument("--onnx-parser", default="", metavar="N", help="libnvonnxparser.so.N must be installed")
     args = parser.parse_args(argv)
-    found = problems(args.full, args.gstreamer)
+    found = problems(args.full, args.gstreamer, args.onnx_parser)
     for problem in found:
         print(f"check_image.py: {problem}", file=sys.stderr)
     if not found:

@@ -67,8 +67,12 @@ set_l4t() {
     L4T_MAJOR=${version%%.*}
     case "$L4T_MAJOR" in
         35 | 36) ;;
-        *) die "L4T R$L4T_VERSION is not supported: JetPack 5 (L4T R35) or JetPack 6 (L4T R36) is needed" ;;
+        *) die "L4T R$L4T_VERSION is not supported: JetPack 5.1 (L4T R35.2 or later) or JetPack 6 (L4T R36) is needed" ;;
     esac
+    # R35.1 is JetPack 5.0.2 with TensorRT 8.4; the toolkit needs TensorRT 8.5 (JetPack 5.1, R35.2.1).
+    if [ "$L4T_MAJOR" = 35 ] && [ "$(echo "$version" | cut -d. -f2)" -lt 2 ]; then
+        die "L4T R$L4T_VERSION is JetPack 5.0 (TensorRT 8.4): JetPack 5.1 (L4T R35.2 or later) is needed"
+    fi
 }
 
 # The target built and run when none is named: JetPack 5 has only the runtime image.
@@ -122,7 +126,18 @@ base_image() {
     fi
 }
 
-# CUDA major version of the JetPack, for the cuda-python pin (11 on JetPack 5, 12 on JetPack 6).
-cuda_major() {
-    if [ "$L4T_MAJOR" = 35 ]; then echo 11; else echo 12; fi
+# CUDA version of the JetPack, for the cuda-python pin (docker/pin_base_packages.py): 11.4 on
+# JetPack 5.1.x, 12.6 on JetPack 6.1/6.2.
+cuda_release() {
+    if [ "$L4T_MAJOR" = 35 ]; then echo 11.4; else echo 12.6; fi
+}
+
+# TensorRT's major version on the JetPack: its ONNX parser is libnvonnxparser.so.8 or .so.10.
+tensorrt_major() {
+    if [ "$L4T_MAJOR" = 35 ]; then echo 8; else echo 10; fi
+}
+
+# The Jetson apt repository release of the JetPack (repo.download.nvidia.com/jetson/common).
+l4t_apt_release() {
+    if [ "$L4T_MAJOR" = 35 ]; then echo r35.4; else echo r36.4; fi
 }

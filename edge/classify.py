@@ -25,7 +25,7 @@ from cxr_jetson.edge.results import ResultsWriter
 from cxr_jetson.edge.sinks import FolderSink, open_sink
 from cxr_jetson.edge.sources import open_source
 from cxr_jetson.edge.timing import StageClock
-from cxr_jetson.edge.video_source import CaptureOptions
+from cxr_jetson.edge.video_source import CODECS, DECODERS, CaptureOptions
 
 EXIT_SOME_FAILED = 1
 
@@ -79,6 +79,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     video.add_argument("--input-flip", default="none",
                        choices=("none", "counterclockwise", "rotate-180", "clockwise", "horizontal", "vertical"),
                        help="CSI camera orientation")
+    video.add_argument("--input-codec", default="", choices=("",) + CODECS, metavar="CODEC",
+                       help=f"how a stream or camera is compressed: {', '.join(CODECS)} (default: h264 for RTSP, "
+                            "mjpeg requested from V4L2 cameras)")
+    video.add_argument("--input-decoder", default="auto", choices=DECODERS,
+                       help="RTSP decoding with GStreamer: v4l2 (the Jetson's hardware decoder), cpu; auto: v4l2 on "
+                            "a Jetson")
+    video.add_argument("--input-latency", type=int, default=200, help="RTSP jitter buffer in ms")
     video.add_argument("--output-rate", type=float, default=0, help="frame rate of a video OUTPUT (default: the input's)")
     video.add_argument("--web-linger", type=float, default=-1,
                        help="after the input ends, keep the web view up this many seconds (-1: until Ctrl+C)")
@@ -122,7 +129,8 @@ def main(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.batch_size < 1 or args.workers < 1:
         raise ToolkitError("--topK, --batch-size and --workers must be at least 1")
     capture = CaptureOptions(args.input_width, args.input_height, args.input_rate, args.input_loop,
-                             args.input_retries, args.input_flip)
+                             args.input_retries, args.input_flip, args.input_codec, args.input_decoder,
+                             args.input_latency)
     source = open_source(args.input, capture)
     try:
         options = BackendOptions(args.precision, args.threads, args.batch_size, args.build)

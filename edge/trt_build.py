@@ -36,7 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="TensorRT-RTX only: target GPUs when building on a machine without one")
     parser.add_argument("--calibration-images", default=None, metavar="DIR",
                         help="INT8: folder of real images for calibration (e.g. data/pneumonia/val)")
-    parser.add_argument("--calibration-batches", type=int, default=16, help="INT8: batches of 8 images to use")
+    parser.add_argument("--calibration-count", type=int, default=512, metavar="N",
+                        help="INT8: the most calibration images to use (batched as the network is: its fixed batch, "
+                             "or --max-batch for a --dynamic-batch export)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="warning", help="TensorRT build log verbosity")
     parser.add_argument("--force", action="store_true", help="rebuild even when the cached engine still matches")
     parser.add_argument("--check", action="store_true",
@@ -49,7 +51,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
                         tactic_shared_kib=args.tactic_shared_memory, timing_cache=args.timing_cache,
                         compute_capabilities=tuple(c for c in args.compute_capability.split(",") if c),
                         log_level=args.log_level, calibration_images=args.calibration_images,
-                        calibration_batches=args.calibration_batches)
+                        calibration_count=args.calibration_count)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
 """Video files, V4L2 cameras, CSI cameras and network streams through OpenCV, with reconnection.
 
-URIs follow jetson-inference: ``/dev/video0`` or ``v4l2:///dev/video0``, ``csi://0`` (a GStreamer
-``nvarguscamerasrc`` pipeline, needs an OpenCV built with GStreamer, as JetPack's is),
-``rtsp://user:pass@host:554/path`` (and rtp/http streams FFmpeg can open), and video files.
+URIs follow jetson-inference: ``/dev/video0`` or ``v4l2:///dev/video0`` (MJPG requested, as UVC
+cameras give HD at full frame rate only compressed), ``csi://0`` (a GStreamer ``nvarguscamerasrc``
+pipeline, needs an OpenCV built with GStreamer, as JetPack's is), ``rtsp://user:pass@host:554/path``
+(with GStreamer, decoded by the Jetson's hardware decoder as jetson-utils does; else FFmpeg on the
+CPU; rtp/http streams through FFmpeg), and video files.
 A live source that stops delivering frames is reopened with exponential back-off; a file that
 ends, ends the run.
 """
@@ -26,6 +28,13 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtp://", "rtmp://", "http://", "https://", "udp://")
 _MAX_CORRUPT_IN_A_ROW = 30
+L4T_RELEASE = "/etc/nv_tegra_release"
+# --input-codec values (jetson-utils'): how a stream or camera is compressed.
+CODECS = ("h264", "h265", "vp8", "vp9", "mpeg2", "mpeg4", "mjpeg")
+DECODERS = ("auto", "cpu", "v4l2")
+_CPU_DECODERS = {"h264": "avdec_h264", "h265": "avdec_h265", "vp8": "vp8dec", "vp9": "vp9dec",
+                 "mpeg2": "mpeg2dec", "mpeg4": "avdec_mpeg4", "mjpeg": "jpegdec"}
+_FOURCC = {"mjpeg": "MJPG", "h264": "H264"}
 
 
 class VideoSourceError(ToolkitError):
@@ -40,6 +49,9 @@ class CaptureOptions:
     loop: int = 0        # video files: extra passes, -1 forever
     retries: int = 5     # live sources: reconnection attempts before giving up
     flip: str = "none"   # CSI cameras: none, rotate-180, horizontal, vertical
+    codec: str = ""      # streams: h264 (default) ... ; V4L2 cameras: mjpeg (default) or h264
+    decoder: str = "auto"  # streams: v4l2 (the Jetson's hardware decoder; the default on a Jetson) or cpu
+    latency: int = 200   # RTSP jitter buffer, ms
 
 
 _CSI_FLIPS = {"none": 0, "counterclockwise": 1, "rotate-180": 2, "clockwise": 3, "horizontal": 4, "vertical": 6}
@@ -67,6 +79,26 @@ def csi_pipeline(sensor: int, options: CaptureOptions) -> str:
             "video/x-raw, format=BGRx ! videoconvert ! video/x-raw, format=BGR ! appsink drop=true max-buffers=2")
 
 
+def _hardware_decoder(options: CaptureOptions) -> bool:
+    if options.decoder == "auto":
+        return os.path.isfile(L4T_RELEASE)  # a Jetson: nvv4l2decoder is there
+    return options.decoder == "v4l2"
+
+
+def rtsp_pipeline(uri: str, options: CaptureOptions) -> str:
+    """The GStreamer pipeline jetson-utils builds for an RTSP stream, ending in BGR frames for OpenCV:
+    the Jetson's hardware decoder (nvv4l2decoder, then nvvidconv out of NVMM memory), or a CPU decoder."""
+    codec = options.codec or "h264"
+    if codec not in ("h264", "h265"):
+        raise VideoSourceError(f"--input-codec {codec}: RTSP streams here carry h264 or h265")
+    source = f"rtspsrc location={uri} latency={options.latency} ! queue ! rtp{codec}depay ! "
+    if _hardware_decoder(options):
+        decode = "nvv4l2decoder enable-max-performance=1 ! nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! "
+    else:
+        decode = f"{codec}parse ! {_CPU_DECODERS[codec]} ! videoconvert ! "
+    return source + decode + "video/x-raw, format=BGR ! appsink drop=true max-buffers=2"
+
+
 def _target(uri: str, options: CaptureOptions) -> Tuple[object, int, bool, str]:
     """(what VideoCapture opens, its back-end, is it live, a description) for a URI."""
     if uri.startswith("csi://"):
@@ -83,6 +115,12 @@ def _target(uri: str, options: CaptureOptions) -> Tuple[object, int, bool, str]:
         if not os.path.exists(uri):
             raise VideoSourceError(f"camera {uri} not found (is it plugged in? ls /dev/video*)")
         return uri, cv2.CAP_V4L2, True, f"camera {uri}"
+    if uri.lower().startswith(("rtsp://", "rtsps://")) and _gstreamer_available():
+        decoder = "hardware" if _hardware_decoder(options) else "CPU"
+        return rtsp_pipeline(uri, options), cv2.CAP_GSTREAMER, True, f"stream {uri.split('@')[-1]} ({decoder} decoder)"
+    if options.decoder == "v4l2":
+        raise VideoSourceError(f"--input-decoder v4l2 for {uri} needs an RTSP stream and an OpenCV built with "
+                               "GStreamer (JetPack's python3-opencv)")
     if uri.lower().startswith(STREAM_SCHEMES):
         return uri, cv2.CAP_FFMPEG, True, f"stream {uri.split('@')[-1]}"
     path = uri[len("file://"):] if uri.startswith("file://") else uri
@@ -111,6 +149,12 @@ class VideoSource:
         if not capture.isOpened():
             capture.release()
             raise VideoSourceError(f"cannot open {self.description}")
+        if self.api == cv2.CAP_V4L2:
+            # Before the size: a UVC camera gives 1280x720 or more at full rate only as MJPG (jetson-utils
+            # picks it too); OpenCV keeps the camera's own format when it has no MJPG.
+            fourcc = _FOURCC.get(self.options.codec or "mjpeg")
+            if fourcc:
+                capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*fourcc))
         for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, self.options.width),
                             (cv2.CAP_PROP_FRAME_HEIGHT, self.options.height), (cv2.CAP_PROP_FPS, self.options.rate)):
             if value and self.api == cv2.CAP_V4L2:

@@ -2,8 +2,8 @@
 ``output_0`` (and optionally ``cam_0``) out, a fixed opset, checked, with the model's record as
 metadata_props.
 
-Opset 13 (IR 7) by default: the newest opset that TensorRT 8.2 (JetPack 4.6) parses, and what every
-later TensorRT reads. The TorchScript exporter is used because torch's dynamo exporter cannot go
+Opset 13 (IR 7) by default: every TensorRT from 8.2 on parses it, 8.5 (JetPack 5.1) and 10.3 (JetPack
+6.1/6.2) included, as does jetson-inference's own build of it. The TorchScript exporter is used because torch's dynamo exporter cannot go
 below opset 18 (it silently keeps 18 when asked for 13).
 """
 from __future__ import annotations

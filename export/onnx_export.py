@@ -59,7 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                         "path are taken inside it")
     parser.add_argument("--input", default=BEST_CHECKPOINT, help="checkpoint to export")
     parser.add_argument("--output", default="", help="ONNX file (default: <arch>.onnx)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (13 suits TensorRT 8.2+)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (13: every TensorRT from 8.5 on, jetson-inference)")
     add_bool_flag(parser, "dynamic-batch", False,
                   "symbolic batch dimension (jetson-inference needs the default fixed batch of 1)")
     add_bool_flag(parser, "cam", True,

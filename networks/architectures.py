@@ -3,7 +3,7 @@
 jetson-inference's ResNet-18 is the default. The others are what published pneumonia notebooks
 use, so their recipes can be reproduced with flags: ResNet-34/50, VGG-16 (with and without batch
 norm), DenseNet-121, MobileNet-V3, EfficientNet-B0 (torchvision), Xception at 299 px (timm's, when
-timm is installed), and a compact 5-block CNN small enough for a Jetson Nano.
+timm is installed), and a compact 5-block CNN small enough for a Jetson Orin Nano.
 """
 from __future__ import annotations
 

@@ -91,7 +91,7 @@ def test_freezing_modes_leave_exactly_the_intended_parameters_trainable():
 
 def test_compact_cnn_is_small():
     parameters = sum(p.numel() for p in CompactCNN(2).parameters())
-    assert 2.2e6 < parameters < 2.6e6  # "about 2.5M", small enough for a Jetson Nano
+    assert 2.2e6 < parameters < 2.6e6  # "about 2.5M", small enough for a Jetson Orin Nano
 
 
 @pytest.mark.parametrize("arguments, message", [

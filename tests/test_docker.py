@@ -8,6 +8,7 @@ scripts that run inside the images run here.
 """
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import re
@@ -23,7 +24,7 @@ from tests.conftest import REPO
 
 DOCKER = os.path.join(REPO, "docker")
 DOCKERFILES = ["docker/Dockerfile", "docker/Dockerfile.x86"]
-SCRIPTS = ["docker/build.sh", "docker/run.sh", "docker/host.sh"]
+SCRIPTS = sorted(os.path.relpath(path, REPO) for path in glob.glob(os.path.join(REPO, "docker", "*.sh")))
 APP = "/opt/cxr-jetson"
 R35 = "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 19:57:35 UTC 2023"
 R36 = "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025"
@@ -194,7 +195,8 @@ def test_build_on_jetpack5_builds_the_runtime_image_on_tensorrt_8_5(tmp_path):
     assert argv[:4] == ["env", "DOCKER_BUILDKIT=1", "docker", "build"]
     assert has(argv, "-f", f"{REPO}/docker/Dockerfile") and has(argv, "--target", "runtime")
     assert has(argv, "--platform", "linux/arm64")
-    assert build_args(argv) == {"RUNTIME_BASE_IMAGE": "nvcr.io/nvidia/l4t-tensorrt:r8.5.2-runtime", "CUDA_MAJOR": "11"}
+    assert build_args(argv) == {"RUNTIME_BASE_IMAGE": "nvcr.io/nvidia/l4t-tensorrt:r8.5.2-runtime", "CUDA_RELEASE": "11.4",
+                                "TENSORRT_MAJOR": "8", "L4T_APT_RELEASE": "r35.4"}
     assert has(argv, "-t", "cxr-jetson:r35.4.1-runtime")
     assert argv[-1] == REPO
 
@@ -202,11 +204,11 @@ def test_build_on_jetpack5_builds_the_runtime_image_on_tensorrt_8_5(tmp_path):
 def test_build_on_jetpack6_builds_the_full_image_on_ngc_pytorch_igpu(tmp_path):
     argv = dry_run("build.sh", host_env(tmp_path, R36))
     assert has(argv, "--target", "full")
-    assert build_args(argv) == {"BASE_IMAGE": "nvcr.io/nvidia/pytorch:24.08-py3-igpu", "CUDA_MAJOR": "12"}
+    assert build_args(argv) == {"BASE_IMAGE": "nvcr.io/nvidia/pytorch:24.08-py3-igpu", "CUDA_RELEASE": "12.6"}
     assert has(argv, "-t", "cxr-jetson:r36.4.3")
     runtime = dry_run("build.sh", host_env(tmp_path, R36), "--target", "runtime")
     assert build_args(runtime) == {"RUNTIME_BASE_IMAGE": "nvcr.io/nvidia/l4t-tensorrt:r10.3.0-runtime",
-                                   "CUDA_MAJOR": "12"}
+                                   "CUDA_RELEASE": "12.6", "TENSORRT_MAJOR": "10", "L4T_APT_RELEASE": "r36.4"}
     assert has(runtime, "-t", "cxr-jetson:r36.4.3-runtime")
 
 
@@ -225,7 +227,7 @@ def test_build_explicit_l4t_base_and_image_override_the_host(tmp_path):
     assert build_args(argv)["RUNTIME_BASE_IMAGE"] == "nvcr.io/nvidia/l4t-tensorrt:r8.5.2-runtime"
     argv = dry_run("build.sh", host_env(tmp_path, R35), "--target", "full", "--base", "me/torch:2.4-r35",
                    "--image", "me/cxr:jp5")
-    assert build_args(argv) == {"BASE_IMAGE": "me/torch:2.4-r35", "CUDA_MAJOR": "11"}
+    assert build_args(argv) == {"BASE_IMAGE": "me/torch:2.4-r35", "CUDA_RELEASE": "11.4"}
     assert has(argv, "-t", "me/cxr:jp5")
 
 
@@ -234,6 +236,7 @@ def test_build_explicit_l4t_base_and_image_override_the_host(tmp_path):
     (R36_0, [], "need R36.4"),
     (None, ["--target", "runtime"], "the x86 image is one full image"),
     (None, ["--l4t", "32.7.4"], "L4T R32.7.4 is not supported"),
+    (None, ["--l4t", "35.1.0"], "is JetPack 5.0 (TensorRT 8.4)"),
 ])
 def test_build_refuses_with_the_reason(tmp_path, release, args, message):
     result = script("build.sh", host_env(tmp_path, release), "--dry-run", *args)
@@ -250,7 +253,8 @@ def test_dockerfile_defaults_are_the_bases_build_sh_picks(tmp_path):
     jetson = dockerfile_arg_defaults("docker/Dockerfile")
     assert jetson["BASE_IMAGE"] == build_args(dry_run("build.sh", host_env(tmp_path, R36)))["BASE_IMAGE"]
     runtime = build_args(dry_run("build.sh", host_env(tmp_path, R36), "--target", "runtime"))
-    assert jetson["RUNTIME_BASE_IMAGE"] == runtime["RUNTIME_BASE_IMAGE"]
+    for name in ("RUNTIME_BASE_IMAGE", "CUDA_RELEASE", "TENSORRT_MAJOR", "L4T_APT_RELEASE"):
+        assert jetson[name] == runtime[name], name
     x86 = build_args(dry_run("build.sh", host_env(tmp_path, release=None)))
     assert dockerfile_arg_defaults("docker/Dockerfile.x86")["BASE_IMAGE"] == x86["BASE_IMAGE"]
 
@@ -355,7 +359,8 @@ def test_dockerfiles_copy_only_files_that_exist_and_reach_the_build(path):
         if any(option.startswith("--from=") for option in options):
             assert options[0].split("=", 1)[1] in stages, words
             continue
-        sources = [word for word in words[1:-1] if not word.startswith("--")]
+        # ADD of a URL (the Jetson repository's key) downloads at build time: not from the build context.
+        sources = [word for word in words[1:-1] if not word.startswith("--") and "://" not in word]
         for source in sources:
             assert os.path.exists(os.path.join(REPO, source)), f"{path}: COPY {source}: not in the repository"
             assert not ignored(source.rstrip("/"), rules), f"{path}: COPY {source}: excluded by .dockerignore"
@@ -454,18 +459,20 @@ def test_pins_keep_the_base_images_cuda_torch(tmp_path):
     result = pin(fake_site(tmp_path, cuda_torch=True), "--torch", cuda_version="12.6.0.022")
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if not line.startswith("#")]
+    # cuda-python stays on the CUDA major.minor of the driver: <13 resolved to 12.9, which a 12.6 driver refuses.
     assert lines == ["torch==2.5.0a0+872d972e41", "torchvision==0.20.0a0", "cuda-python==12.6.0",
-                     "numpy<2", "cuda-python<13"]
+                     "numpy<2", "cuda-python>=12.6,<12.7"]
 
 
 def test_pins_refuse_a_cpu_torch_and_an_unknown_cuda(tmp_path):
-    result = pin(fake_site(tmp_path, cuda_torch=False), "--torch", "--cuda-major", "12")
+    result = pin(fake_site(tmp_path, cuda_torch=False), "--torch", "--cuda-version", "12.6")
     assert result.returncode == 1 and "is a CPU build" in result.stderr
-    result = pin(str(tmp_path / "empty"), "--cuda-major", "11")
-    assert result.returncode == 0 and result.stdout.splitlines()[1:] == ["numpy<2", "cuda-python<12"]
+    # JetPack 5: TensorRT 8.5's nptype needs numpy below 1.24; no cuda-python 11.4 exists, 11.8.2 is the last for 3.8.
+    result = pin(str(tmp_path / "empty"), "--cuda-version", "11.4")
+    assert result.returncode == 0 and result.stdout.splitlines()[1:] == ["numpy<1.24", "cuda-python>=11.5,<11.9"]
     if not os.path.exists("/usr/local/cuda/version.json"):
         result = pin(str(tmp_path / "empty"))
-        assert result.returncode == 1 and "CUDA_MAJOR" in result.stderr
+        assert result.returncode == 1 and "CUDA_RELEASE" in result.stderr
 
 
 def test_image_check_names_what_is_missing():

@@ -163,11 +163,58 @@ def test_offline_build_without_a_target_says_what_to_pass(model_copy):
 
 def test_int8_needs_real_images_or_a_cache(tmp_path, prepared_data):
     with pytest.raises(CalibrationError, match="random calibration"):
-        entropy_calibrator(None, None, str(tmp_path / "absent.calibration"), None)
-    spec_image = next(iter(ImageBatcher(os.path.join(prepared_data, "val"), _spec(), 4, 2)))
+        entropy_calibrator(None, None, str(tmp_path / "absent.calibration"), None, (1, 3, RESOLUTION, RESOLUTION))
+    spec_image = next(iter(ImageBatcher(os.path.join(prepared_data, "val"), _spec(), 4, 8)))
     assert spec_image.shape == (4, 3, RESOLUTION, RESOLUTION) and spec_image.dtype == np.float32
     with pytest.raises(CalibrationError, match="at least one batch"):
-        ImageBatcher(os.path.join(prepared_data, "val"), _spec(), 1000, 1)
+        ImageBatcher(os.path.join(prepared_data, "val"), _spec(), 1000, 1000)
+
+
+class _HostMemory:
+    """The CUDA runtime's buffer interface over host memory: the calibrator's batching runs without a GPU,
+    and every copy must fit the buffer it goes to."""
+
+    def __init__(self) -> None:
+        self.buffers: list = []
+        self.copies: list = []
+
+    def pinned_array(self, shape, dtype) -> np.ndarray:
+        return np.zeros(shape, dtype)
+
+    def device_buffer(self, nbytes: int) -> int:
+        self.buffers.append(nbytes)
+        return len(self.buffers) - 1
+
+    def to_device(self, pointer: int, host: np.ndarray) -> None:
+        assert host.nbytes <= self.buffers[pointer], "a copy past the end of the device buffer"
+        self.copies.append(host.shape)
+
+    def synchronize(self) -> None:
+        """Copies above are immediate."""
+
+
+class _CalibratorBase:
+    """What the calibrator needs of trt.IInt8EntropyCalibrator2: a base class to initialise."""
+
+    def __init__(self) -> None:
+        """Nothing to set up."""
+
+
+@pytest.mark.parametrize("network_batch", [1, 3])
+def test_int8_calibration_feeds_the_networks_own_batch(tmp_path, prepared_data, network_batch):
+    # TensorRT calibrates an explicit-batch network at its input shape; every image is used, in batches of it.
+    shape = (network_batch, 3, RESOLUTION, RESOLUTION)
+    batcher = ImageBatcher(os.path.join(prepared_data, "val"), _spec(), network_batch, 1000)
+    memory = _HostMemory()
+    module = type("tensorrt", (), {"IInt8EntropyCalibrator2": _CalibratorBase})
+    calibrator = entropy_calibrator(module, batcher, str(tmp_path / "cache"), memory, shape)
+    assert calibrator.get_batch_size() == network_batch and memory.buffers == [int(np.prod(shape)) * 4]
+    while calibrator.get_batch(["input_0"]) is not None:
+        pass
+    assert memory.copies and all(copy == shape for copy in memory.copies)
+    assert len(memory.copies) == len(batcher.paths) // network_batch
+    with pytest.raises(CalibrationError, match="network calibrated at batch"):
+        entropy_calibrator(module, batcher, str(tmp_path / "cache"), memory, (network_batch + 1, 3, RESOLUTION, RESOLUTION))
 
 
 def _spec() -> PreprocessSpec:
@@ -175,7 +222,7 @@ def _spec() -> PreprocessSpec:
 
 
 def test_calibration_batches_are_the_device_preprocessing(prepared_data):
-    batcher = ImageBatcher(os.path.join(prepared_data, "val"), _spec(), 2, 1)
+    batcher = ImageBatcher(os.path.join(prepared_data, "val"), _spec(), 2, 2)
     batch = next(iter(batcher))
     expected = normalize(np.stack([load_for_network(p, _spec()) for p in batcher.paths[:2]]), _spec())
     np.testing.assert_array_equal(batch, expected)
@@ -251,6 +298,6 @@ def test_the_tensorrt_api_the_code_uses_exists():
     missing = [f"{cls}.{name}" for cls, names in _API.items() for name in names
                if not hasattr(getattr(RTX.module, cls), name)]
     assert not missing
-    assert RTX.strongly_typed and RTX.has_name_based_io and RTX.has_progress_monitor
+    assert RTX.strongly_typed and RTX.has_progress_monitor
     assert hasattr(RTX.module, "nptype") and hasattr(RTX.module.TensorIOMode, "OUTPUT")
     assert hasattr(RTX.module.MemoryPoolType, "TACTIC_SHARED_MEMORY")

@@ -1,29 +1,54 @@
 """Which TensorRT is installed, and what its version can do: the one place version differences live.
 
-Three families are handled:
-- TensorRT 8.x (JetPack 4.6: 8.2; JetPack 5: 8.5): weakly typed, ``BuilderFlag.FP16``; the
-  name-based tensor API (``set_tensor_address``/``execute_async_v3``) from 8.5, bindings before;
-- TensorRT 10.x (JetPack 6): weakly typed, ``BuilderFlag.FP16``, ``IProgressMonitor``;
-- TensorRT 11 and TensorRT-RTX (``tensorrt_rtx``): strongly typed; an FP16 engine needs an FP16
-  network (see edge/tensorrt/fp16_onnx.py). TensorRT-RTX also builds on a machine without a GPU when
-  the target compute capabilities are named.
+Supported: TensorRT 8.5 (JetPack 5.1.x: 8.5.2), 8.6, 10.x (JetPack 6.1/6.2: 10.3), 11 and TensorRT-RTX.
+- 8.5 and 8.6: weakly typed (``BuilderFlag.FP16``); explicit-batch networks need their creation flag;
+  no ``IProgressMonitor`` and no ``MemoryPoolType.TACTIC_SHARED_MEMORY`` (both arrived in 10.0);
+- 10.x: weakly typed, ``IProgressMonitor``, the INT8 calibrator deprecated (10.1) but working;
+- 11 and TensorRT-RTX (``tensorrt_rtx``): strongly typed; an FP16 engine needs an FP16 network (see
+  edge/tensorrt/fp16_onnx.py), INT8 a quantized (Q/DQ) one. TensorRT-RTX also builds on a machine
+  without a GPU when the target compute capabilities are named.
+Every member the code touches is checked against each version's recorded API in
+tests/test_tensorrt_versions.py; the ones a version lacks are reached only through a guard here.
 """
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
+
+import numpy as np
 
 from cxr_jetson.core.errors import ToolkitError
 
 # Real TensorRT first: on a Jetson that is what runs the engine; TensorRT-RTX is the fallback that
 # can build (not run) engines on any x86 machine.
 _MODULES = ("tensorrt", "tensorrt_rtx")
+# The oldest TensorRT the code supports: JetPack 5.1's. Older ones lack the name-based tensor API.
+MINIMUM_TENSORRT = (8, 5)
+
+# TensorRT's own ``nptype`` is not used: 8.5.2's maps BOOL to ``np.bool``, which numpy 1.24 removed
+# (fixed in 8.5.3, and no JetPack 5 has that), so the first inference crashed. DataType names are
+# the same in every version.
+_NUMPY_TYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
+                "BOOL": np.bool_, "UINT8": np.uint8}
 
 
 class TensorRTUnavailable(ToolkitError):
     """No usable TensorRT Python module."""
+
+
+class TensorRTVersionError(ToolkitError):
+    """A feature the installed TensorRT does not have."""
+
+
+def numpy_dtype(data_type: Any) -> np.dtype:
+    """A TensorRT DataType -> the numpy dtype of its host buffer."""
+    name = getattr(data_type, "name", str(data_type).rsplit(".", 1)[-1])
+    if name not in _NUMPY_TYPES:
+        raise TensorRTVersionError(f"TensorRT tensor type {name} has no numpy equivalent; "
+                                   "this toolkit's engines take and give float32")
+    return np.dtype(_NUMPY_TYPES[name])
 
 
 @dataclass(frozen=True)
@@ -46,12 +71,8 @@ class TensorRT:
         return self.is_rtx or not hasattr(self.module.BuilderFlag, "FP16")
 
     @property
-    def has_name_based_io(self) -> bool:
-        """``set_tensor_address``/``execute_async_v3`` (TensorRT 8.5+); bindings before that."""
-        return hasattr(self.module.ICudaEngine, "num_io_tensors")
-
-    @property
     def has_progress_monitor(self) -> bool:
+        """``IProgressMonitor`` (TensorRT 10+); 8.x builds show elapsed time instead."""
         return hasattr(self.module, "IProgressMonitor")
 
     @property
@@ -60,8 +81,23 @@ class TensorRT:
         return hasattr(self.module, "IInt8EntropyCalibrator2") and hasattr(self.module.BuilderFlag, "INT8")
 
     @property
+    def has_tactic_shared_memory(self) -> bool:
+        """``MemoryPoolType.TACTIC_SHARED_MEMORY`` (TensorRT 10+)."""
+        return hasattr(self.module.MemoryPoolType, "TACTIC_SHARED_MEMORY")
+
+    @property
+    def needs_explicit_batch_flag(self) -> bool:
+        """Before TensorRT 10 a network is implicit-batch unless created with EXPLICIT_BATCH (gone in 11)."""
+        return self.version_tuple < (10,) and hasattr(self.module.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
+
+    @property
     def label(self) -> str:
         return f"{'TensorRT-RTX' if self.is_rtx else 'TensorRT'} {self.version}"
+
+    def require(self, feature: str, available: bool, since: str) -> None:
+        """A one-line error when the code is asked for something this version does not have."""
+        if not available:
+            raise TensorRTVersionError(f"{feature} needs {since}; this is {self.label}")
 
     def logger(self, severity: str = "warning"):
         levels = {"error": "ERROR", "warning": "WARNING", "info": "INFO", "verbose": "VERBOSE"}
@@ -70,16 +106,16 @@ class TensorRT:
     def create_network(self, builder):
         """An explicit-batch network (a flag before TensorRT 10, the only kind since)."""
         flags = 0
-        creation = self.module.NetworkDefinitionCreationFlag
-        if hasattr(creation, "EXPLICIT_BATCH") and self.version_tuple < (10,):
-            flags = 1 << int(creation.EXPLICIT_BATCH)
+        if self.needs_explicit_batch_flag:
+            flags = 1 << int(self.module.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
         return builder.create_network(flags)
 
     def set_workspace(self, config, nbytes: int) -> None:
-        if hasattr(config, "set_memory_pool_limit"):
-            config.set_memory_pool_limit(self.module.MemoryPoolType.WORKSPACE, nbytes)
-        else:  # before TensorRT 8.4
-            config.max_workspace_size = nbytes
+        config.set_memory_pool_limit(self.module.MemoryPoolType.WORKSPACE, nbytes)
+
+    def set_tactic_shared_memory(self, config, nbytes: int) -> None:
+        self.require("--tactic-shared-memory", self.has_tactic_shared_memory, "TensorRT 10 or newer")
+        config.set_memory_pool_limit(self.module.MemoryPoolType.TACTIC_SHARED_MEMORY, nbytes)
 
 
 def load_tensorrt(preferred: Optional[str] = None) -> TensorRT:
@@ -92,6 +128,10 @@ def load_tensorrt(preferred: Optional[str] = None) -> TensorRT:
         except ImportError as err:  # a wheel without its libraries fails here too
             failures.append(f"{name}: {str(err).splitlines()[0]}")
             continue
-        return TensorRT(module, name, getattr(module, "__version__", "0"))
+        found = TensorRT(module, name, getattr(module, "__version__", "0"))
+        if not found.is_rtx and found.version_tuple < MINIMUM_TENSORRT:
+            raise TensorRTUnavailable(f"TensorRT {found.version} is too old: this toolkit needs TensorRT 8.5 or newer "
+                                      "(JetPack 5.1 or later; JetPack 4.x and 5.0 are not supported)")
+        return found
     raise TensorRTUnavailable("TensorRT is not available (" + "; ".join(failures) + "); on a Jetson it comes with "
                               "JetPack (python3-libnvinfer), elsewhere use --backend onnxruntime")

@@ -45,7 +45,7 @@ class BuildOptions:
     compute_capabilities: Tuple[str, ...] = ()  # TensorRT-RTX offline targets
     log_level: str = "warning"
     calibration_images: Optional[str] = None
-    calibration_batches: int = 16
+    calibration_count: int = 512             # the most calibration images used
     calibration_cache: Optional[str] = None  # default: beside the ONNX, <stem>.int8.calibration
 
 
@@ -98,7 +98,7 @@ class EngineBuilder:
                              "export with onnx_export.py --dynamic-batch to build for larger batches")
         return {"min": batch, "opt": batch, "max": batch}
 
-    def _configure_precision(self, spec) -> Optional[object]:
+    def _configure_precision(self, spec, shape: Tuple[int, ...]) -> Optional[object]:
         """Builder flags for weakly typed TensorRT; strongly typed ones get an FP16 network instead."""
         flags, precision = self.trt.module.BuilderFlag, self.options.precision
         if precision == "fp16" and not self.trt.strongly_typed:
@@ -108,10 +108,14 @@ class EngineBuilder:
         if not self.trt.has_int8_calibration:
             raise BuildError(f"{self.trt.label} builds INT8 only from a quantized (Q/DQ) ONNX, which this toolkit "
                              "does not make yet; use --precision fp16")
-        batcher = (ImageBatcher(self.options.calibration_images, spec, 8, self.options.calibration_batches)
+        # TensorRT calibrates an explicit-batch network at its input shape: the fixed batch of the ONNX, or the
+        # optimum of the profile (which _batch_profile sets to --max-batch).
+        input_shape = (shape[0] if shape[0] > 0 else self.options.max_batch,) + tuple(shape[1:])
+        batcher = (ImageBatcher(self.options.calibration_images, spec, input_shape[0], self.options.calibration_count)
                    if self.options.calibration_images else None)
         self.cuda = open_cuda()  # calibration batches go through GPU memory
-        calibrator = entropy_calibrator(self.trt.module, batcher, self.options.calibration_cache, self.cuda)
+        calibrator = entropy_calibrator(self.trt.module, batcher, self.options.calibration_cache, self.cuda,
+                                        input_shape)
         self.config.set_flag(flags.INT8)
         self.config.set_flag(flags.FP16)  # layers INT8 cannot run fall back to FP16, not FP32
         self.config.int8_calibrator = calibrator
@@ -156,11 +160,10 @@ class EngineBuilder:
         if self.options.workspace_mib:
             self.trt.set_workspace(self.config, self.options.workspace_mib << 20)
         if self.options.tactic_shared_kib is not None:
-            self.config.set_memory_pool_limit(self.trt.module.MemoryPoolType.TACTIC_SHARED_MEMORY,
-                                              self.options.tactic_shared_kib << 10)
+            self.trt.set_tactic_shared_memory(self.config, self.options.tactic_shared_kib << 10)
         batch = self._batch_profile(shape)
         targets = self._configure_target()
-        self._configure_precision(spec)
+        self._configure_precision(spec, shape)
         timing_cache = self._load_timing_cache()
         print(f"building a {self.options.precision.upper()} engine with {self.trt.label} "
               f"(this can take minutes on a Jetson)", flush=True)
@@ -204,10 +207,10 @@ def build_engine(onnx_path: str, options: BuildOptions, trt: Optional[TensorRT] 
         options, timing_cache=options.timing_cache or _default_timing_cache(trt, gpu),
         calibration_cache=options.calibration_cache or os.path.splitext(onnx_path)[0] + ".int8.calibration")
     onnx_bytes, metadata = _onnx_for_build(onnx_path, trt, options.precision)
-    builder = EngineBuilder(trt, options, gpu)
-    network, shape = builder.create_network(onnx_bytes, onnx_path)
+    engine_builder = EngineBuilder(trt, options, gpu)
+    network, shape = engine_builder.create_network(onnx_bytes, onnx_path)
     spec = ModelInfo.from_metadata(metadata).spec
-    engine, batch, targets, seconds = builder.create_engine(network, shape, spec)
+    engine, batch, targets, seconds = engine_builder.create_engine(network, shape, spec)
     engine_path = engine_path_for(onnx_path, options.precision, options.max_batch)
     with atomic_path(engine_path) as temporary, open(temporary, "wb") as handle:
         handle.write(engine)

@@ -7,7 +7,7 @@ One ``ImageBatcher`` feeds the calibrator, so calibration sees exactly what infe
 from __future__ import annotations
 
 import os
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -24,9 +24,9 @@ class CalibrationError(ToolkitError):
 class ImageBatcher:
     """float32 ``N x 3 x R x R`` batches of real images from a folder, skipping unreadable files."""
 
-    def __init__(self, folder: str, spec: PreprocessSpec, batch_size: int, max_batches: int) -> None:
+    def __init__(self, folder: str, spec: PreprocessSpec, batch_size: int, max_images: int) -> None:
         images, _ = expand_input(folder)
-        self.paths: List[str] = [image.path for image in images][: batch_size * max_batches]
+        self.paths: List[str] = [image.path for image in images][:max_images]
         self.spec = spec
         self.batch_size = batch_size
         if len(self.paths) < batch_size:
@@ -46,8 +46,17 @@ class ImageBatcher:
                 batch = []
 
 
-def entropy_calibrator(trt_module, batcher: Optional[ImageBatcher], cache_path: str, cuda):
-    """A ``trt.IInt8EntropyCalibrator2`` that reads ``cache_path`` first and can run from it alone."""
+def entropy_calibrator(trt_module, batcher: Optional[ImageBatcher], cache_path: str, cuda,
+                       input_shape: Tuple[int, int, int, int]):
+    """A ``trt.IInt8EntropyCalibrator2`` that reads ``cache_path`` first and can run from it alone.
+
+    An explicit-batch network is calibrated at its full input shape (its fixed batch, or the
+    calibration profile's optimum), whatever ``get_batch_size`` says, so every batch has exactly
+    ``input_shape`` and the device buffer is sized for it.
+    """
+    if batcher is not None and batcher.batch_size != input_shape[0]:
+        raise CalibrationError(f"calibration batches of {batcher.batch_size} for a network calibrated at batch "
+                               f"{input_shape[0]}")
     if batcher is None and not os.path.isfile(cache_path):
         raise CalibrationError("INT8 needs real calibration images (--calibration-images DIR) or an existing "
                                f"calibration cache ({cache_path}); random calibration gives a wrong engine")
@@ -56,9 +65,7 @@ def entropy_calibrator(trt_module, batcher: Optional[ImageBatcher], cache_path: 
         def __init__(self) -> None:
             trt_module.IInt8EntropyCalibrator2.__init__(self)
             self.batches = iter(batcher) if batcher is not None else iter(())
-            size = batcher.batch_size if batcher is not None else 1
-            resolution = batcher.spec.resolution if batcher is not None else 1
-            self.host = cuda.pinned_array((size, 3, resolution, resolution), np.float32)
+            self.host = cuda.pinned_array(tuple(input_shape), np.float32)
             self.device = cuda.device_buffer(self.host.nbytes)
             self.seen = 0
 
