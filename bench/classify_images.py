@@ -86,15 +86,14 @@ def _torch_model(model_file: str):
         import torch
 
         from cxr_jetson.networks.checkpoint import load_checkpoint
-        from cxr_jetson.networks.deployable import deployable
-        from cxr_jetson.networks.model import model_from_checkpoint
+        from cxr_jetson.networks.deployable import deployment
     except ImportError:
         return None
     try:
         checkpoint = load_checkpoint(locate_model(model_file, ("checkpoint",)))
     except ToolkitError:
         return None
-    model = deployable(model_from_checkpoint(checkpoint), cam=False)[0]
+    model = deployment(checkpoint, cam=False).network
     torch.set_grad_enabled(False)
     return lambda batch: model(torch.from_numpy(batch))
 

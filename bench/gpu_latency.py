@@ -53,14 +53,13 @@ def main(args: argparse.Namespace) -> int:
     from cxr_jetson.edge.backends.torch_backend import TorchBackend
     from cxr_jetson.edge.parity import compare
     from cxr_jetson.networks.checkpoint import load_checkpoint
-    from cxr_jetson.networks.deployable import deployable
-    from cxr_jetson.networks.model import model_from_checkpoint
+    from cxr_jetson.networks.deployable import deployment
     if not torch.cuda.is_available():
         raise ToolkitError("this benchmark needs a CUDA GPU (torch sees none here)")
     checkpoint = load_checkpoint(locate_model(args.model, ("checkpoint",)))
     resolution = int(checkpoint["resolution"])
-    # The same deployable wrapper (probabilities and maps) as the back-end runs, in plain eager FP32.
-    eager = deployable(model_from_checkpoint(checkpoint), bool(checkpoint.get("multi_label")))[0].cuda()
+    # The same deployed network (equalisation, probabilities and maps) as the back-end runs, in plain eager FP32.
+    eager = deployment(checkpoint).network.cuda()
     result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
     for batch in (1, 64):
         images = np.random.default_rng(0).normal(size=(batch, 3, resolution, resolution)).astype(np.float32)

@@ -8,6 +8,7 @@ jetson-inference export) is thresholded on PNEUMONIA when it has that class, els
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -31,6 +32,25 @@ def positive_index(labels: Sequence[str], recorded: Optional[str]) -> Optional[i
         return None
     name = recorded or DEFAULT_POSITIVE_CLASS
     return list(labels).index(name) if name in labels else None
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1.0 - 1e-12)
+    return math.log(p / (1.0 - p))
+
+
+def folded(probability: float, operating_point: float) -> float:
+    """A positive-class probability on the decision scale of a model with ``operating_point`` folded into
+    its output: sigmoid(logit p - logit t), so that p >= t exactly when the folded value is >= 0.5."""
+    return 1.0 / (1.0 + math.exp(-(_logit(probability) - _logit(operating_point))))
+
+
+def fold_probabilities(probabilities: np.ndarray, positive: int, operating_point: float) -> np.ndarray:
+    """Two-class ``N x C`` probabilities -> the same on the decision scale (see ``folded``)."""
+    logits = np.log(np.clip(probabilities, 1e-12, None))
+    logits[:, positive] -= _logit(operating_point)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def is_positive(scores: np.ndarray, threshold: float) -> np.ndarray:

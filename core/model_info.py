@@ -22,6 +22,13 @@ KEY_THRESHOLD_POLICY = "cxr.threshold_policy"
 KEY_ARCH = "cxr.arch"
 KEY_OUTPUT = "cxr.output"
 KEY_PROVENANCE = "cxr.provenance"
+KEY_GRAPH_EQUALIZE = "cxr.graph_equalize"
+KEY_FOLDED_THRESHOLD = "cxr.folded_threshold"
+
+_OUTPUT_PROBABILITIES = "softmax probabilities, one per label, in label order"
+_OUTPUT_FOLDED = ("softmax probabilities on the decision scale: the positive class's calibrated probability p "
+                  "shown as sigmoid(logit p - logit t) with t = cxr.folded_threshold, so 0.5 (argmax) decides as "
+                  "p >= t")
 
 
 @dataclass
@@ -33,16 +40,22 @@ class ModelInfo:
     threshold_policy: Optional[str] = None
     arch: Optional[str] = None
     provenance: Dict[str, Any] = field(default_factory=dict)
+    # Preprocessing the network does itself: "hist" when its graph equalises (the spec above is then what
+    # the host still does, without equalisation).
+    graph_equalize: Optional[str] = None
+    # The operating point folded into output_0 (see _OUTPUT_FOLDED); ``threshold`` is then 0.5.
+    folded_threshold: Optional[float] = None
 
     def to_metadata(self) -> Dict[str, str]:
         entries = {
             KEY_LABELS: json.dumps(self.labels),
             KEY_PREPROCESS: (self.spec or PreprocessSpec()).to_json(),
-            KEY_OUTPUT: "softmax probabilities, one per label, in label order",
+            KEY_OUTPUT: _OUTPUT_FOLDED if self.folded_threshold is not None else _OUTPUT_PROBABILITIES,
             KEY_PROVENANCE: json.dumps(self.provenance, sort_keys=True),
         }
         optional = {KEY_THRESHOLD: self.threshold, KEY_POSITIVE_CLASS: self.positive_class,
-                    KEY_THRESHOLD_POLICY: self.threshold_policy, KEY_ARCH: self.arch}
+                    KEY_THRESHOLD_POLICY: self.threshold_policy, KEY_ARCH: self.arch,
+                    KEY_GRAPH_EQUALIZE: self.graph_equalize, KEY_FOLDED_THRESHOLD: self.folded_threshold}
         entries.update({key: str(value) for key, value in optional.items() if value is not None})
         return entries
 
@@ -54,11 +67,13 @@ class ModelInfo:
             spec = (PreprocessSpec.from_dict(json.loads(metadata[KEY_PREPROCESS]))
                     if KEY_PREPROCESS in metadata else None)
             threshold = float(metadata[KEY_THRESHOLD]) if KEY_THRESHOLD in metadata else None
+            folded = float(metadata[KEY_FOLDED_THRESHOLD]) if KEY_FOLDED_THRESHOLD in metadata else None
             provenance = json.loads(metadata.get(KEY_PROVENANCE, "{}"))
         except (ValueError, TypeError) as err:
             raise ToolkitError(f"the model's embedded metadata is malformed: {err}") from None
         return cls(labels=labels, spec=spec, threshold=threshold,
                    positive_class=metadata.get(KEY_POSITIVE_CLASS),
                    threshold_policy=metadata.get(KEY_THRESHOLD_POLICY),
-                   arch=metadata.get(KEY_ARCH), provenance=provenance)
+                   arch=metadata.get(KEY_ARCH), provenance=provenance,
+                   graph_equalize=metadata.get(KEY_GRAPH_EQUALIZE), folded_threshold=folded)
 

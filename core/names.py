@@ -28,5 +28,9 @@ MODEL_CARD = "MODEL_CARD.md"
 DEFAULT_MODEL_DIR = os.path.join("models", "pneumonia")
 MODEL_DIR_VARIABLE = "NET"
 
+# The ONNX node-name scope of the in-graph equalisation (networks/equalize.py): its pixel counts reach
+# R x R, exact only in float32, so engine builds keep these layers in float32.
+FLOAT32_SCOPE = "/equalize/"
+
 # TensorRT engine precisions, the default first.
 PRECISIONS = ("fp16", "fp32", "int8")

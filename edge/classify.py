@@ -37,8 +37,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("output", nargs="?", default=None,
                         help="image file, folder, out_%%04d.jpg, video .mp4/.avi, display://0 or http://@:PORT "
                              "(none: no images written)")
-    parser.add_argument("--model", default=default_model_path(),
+    parser.add_argument("--model", "--network", dest="model", default=default_model_path(),
                         help="model folder, .onnx or .engine (default: $NET, else models/pneumonia)")
+    parser.add_argument("--input-blob", "--input_blob", dest="input_blob", default=None,
+                        help="jetson-inference's name of the input tensor: accepted, and checked against the model's "
+                             "(input_0)")
+    parser.add_argument("--output-blob", "--output_blob", dest="output_blob", default=None,
+                        help="jetson-inference's name of the output tensor: accepted, and checked against the model's "
+                             "(output_0)")
     parser.add_argument("--labels", default=None,
                         help="labels file, one class per line (default: the labels embedded in the model)")
     parser.add_argument("--threshold", type=float, default=None,
@@ -125,6 +131,15 @@ def _print_summary(outcome: Outcome, source, model: DeployedModel, clock: StageC
         print(f"  results: {results}")
 
 
+def _check_blobs(args: argparse.Namespace, model: DeployedModel) -> None:
+    """jetson-inference's --input_blob/--output_blob must name the model's own tensors."""
+    for flag, given, actual, kind in (("--input_blob", args.input_blob, model.backend.input_name, "input"),
+                                      ("--output_blob", args.output_blob, model.backend.output_name, "output")):
+        if given is not None and given != actual:
+            raise ToolkitError(f"{flag}={given}: {os.path.basename(model.model_file)} has no {kind} named {given}; "
+                               f"its {kind} is {actual}")
+
+
 def main(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.batch_size < 1 or args.workers < 1:
         raise ToolkitError("--topK, --batch-size and --workers must be at least 1")
@@ -135,6 +150,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         options = BackendOptions(args.precision, args.threads, args.batch_size, args.build)
         model = DeployedModel(args.model, args.backend, args.labels, args.threshold, options)
+        _check_blobs(args, model)
         if args.heatmap and not model.backend.has_cam:
             raise ToolkitError(f"{os.path.basename(model.model_file)} has no class activation map output; "
                                "re-export it with onnx_export.py (--cam is the default for ResNets)")

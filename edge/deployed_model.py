@@ -6,7 +6,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from cxr_jetson.core.decision import DecisionRule, Prediction
+from cxr_jetson.core.decision import DecisionRule, Prediction, folded
 from cxr_jetson.core.errors import ToolkitError
 from cxr_jetson.core.labels import check_label_count, read_labels
 from cxr_jetson.core.model_info import ModelInfo
@@ -43,6 +43,10 @@ class DeployedModel:
         self.labels = _resolve_labels(labels, info, self.model_file, self.backend.num_classes)
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ToolkitError(f"--threshold {threshold} is outside 0..1")
+        self.folded_threshold = info.folded_threshold
+        if threshold is not None and self.folded_threshold is not None and 0.0 < threshold < 1.0:
+            # A threshold on the calibrated probability, moved onto the model's decision scale.
+            threshold = folded(threshold, self.folded_threshold)
         self.rule = DecisionRule.for_model(self.labels, info.positive_class, info.threshold, threshold)
 
     def run(self, images: np.ndarray) -> Tuple[np.ndarray, ...]:
@@ -64,4 +68,7 @@ class DeployedModel:
         return [self.decide(row) for row in self.probabilities(images)]
 
     def describe(self) -> str:
-        return f"{os.path.basename(self.model_file)} on {self.backend.describe()}; decision: {self.rule.describe()}"
+        folded_in = (f" (operating point {self.folded_threshold:.4f} folded into the output: 50% is the threshold)"
+                     if self.folded_threshold is not None else "")
+        return (f"{os.path.basename(self.model_file)} on {self.backend.describe()}; decision: "
+                f"{self.rule.describe()}{folded_in}")

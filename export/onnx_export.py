@@ -30,9 +30,8 @@ from cxr_jetson.core.model_info import ModelInfo
 from cxr_jetson.core.names import BEST_CHECKPOINT, CAM_NAME, INPUT_NAME, OUTPUT_NAME, TOOLKIT, TOOLKIT_VERSION
 from cxr_jetson.export.graph import DEFAULT_OPSET, ExportError, export_graph, write_metadata
 from cxr_jetson.export.verify import verification_images, verify
-from cxr_jetson.networks.checkpoint import load_checkpoint, model_info
-from cxr_jetson.networks.deployable import deployable
-from cxr_jetson.networks.model import model_from_checkpoint
+from cxr_jetson.networks.checkpoint import load_checkpoint
+from cxr_jetson.networks.deployable import deployment
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,7 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     dynamic_batch: bool = False
     cam: bool = True
+    fold_threshold: bool = True          # output_0 on the decision scale: argmax decides as the threshold
     verify_images: Optional[str] = None  # default: the validation images the model was trained with
     tolerance: float = 1e-4
 
@@ -65,6 +65,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_bool_flag(parser, "cam", True,
                   f"a second output {CAM_NAME} with class activation maps for classify.py --heatmap (ResNets); "
                   "jetson-inference on TensorRT 10 binds only the outputs it asks for: use --no-cam for it")
+    add_bool_flag(parser, "fold-threshold", True,
+                  "fold the decision threshold into output_0, so that argmax (jetson-inference's imagenet.py) decides "
+                  "as the threshold does and 50%% is the operating point; --no-fold-threshold keeps output_0 as the "
+                  "calibrated probabilities (the threshold then only in the metadata)")
+    parser.add_argument("--no-activation", nargs="?", const="True", default=None, metavar="BOOL",
+                        help="jetson-inference's flag for an ONNX that ends in logits: refused, because the decision "
+                             "and the confidence drawn need the softmax probabilities")
     parser.add_argument("--verify-images", default=None, metavar="DIR",
                         help="images to verify on (default: the validation images the model was trained with)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
@@ -93,19 +100,26 @@ def _print_contract(output: str, info: ModelInfo, options: ExportOptions, with_c
           f"{'dynamic batch' if options.dynamic_batch else 'batch 1'})")
     print(f"   {INPUT_NAME} float32 [{batch},3,{spec.resolution},{spec.resolution}] -> {OUTPUT_NAME} float32 "
           f"[{batch},{len(info.labels)}] probabilities of {info.labels}"
-          + (f", {CAM_NAME} class activation maps" if with_cam else "") + f"; threshold {info.threshold}")
-    if spec.equalize != "none":
+          + (f", {CAM_NAME} class activation maps" if with_cam else ""))
+    if info.graph_equalize:
+        print(f"   equalises its input itself ({info.graph_equalize}, in the graph): any runtime feeding normalised RGB, "
+              "jetson-inference's imagenet.py included, gives it the input it was trained on")
+    elif spec.equalize != "none":
         print(f"   expects {spec.equalize}-equalised input (recorded in its metadata; classify.py and the INT8 "
               "calibrator apply it): jetson-inference's imagenet.py does not equalise, so train with "
-              "--equalize none for it")
+              "--equalize hist or none for it")
+    if info.folded_threshold is not None:
+        print(f"   threshold {info.folded_threshold:.4f} folded into {OUTPUT_NAME}: argmax decides as p >= "
+              f"{info.folded_threshold:.4f}, and 50% is the operating point")
 
 
 def export_onnx(options: ExportOptions) -> str:
     """Export, verify and (only when verified) write the ONNX; returns its path."""
     checkpoint_path = in_model_dir(options.model_dir, options.input)
     checkpoint = load_checkpoint(checkpoint_path)
-    info = model_info(checkpoint, provenance=_provenance(checkpoint, checkpoint_path, options))
-    wrapped, outputs = deployable(model_from_checkpoint(checkpoint), bool(checkpoint.get("multi_label")), options.cam)
+    deployed = deployment(checkpoint, options.cam, _provenance(checkpoint, checkpoint_path, options),
+                          options.fold_threshold)
+    info, wrapped, outputs = deployed.info, deployed.network, deployed.outputs
     output = in_model_dir(options.model_dir or os.path.dirname(checkpoint_path),
                           options.output or f"{checkpoint['arch']}.onnx")
     with atomic_path(output) as temporary:
@@ -125,6 +139,9 @@ def export_onnx(options: ExportOptions) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.no_activation is not None:
+        raise ExportError("--no-activation: this toolkit's ONNX always ends in softmax: classify.py, imagenet.py and "
+                          "the threshold folded into output_0 need probabilities; leave the flag out")
     export_onnx(ExportOptions.from_args(args))
     return 0
 

@@ -1,19 +1,37 @@
-"""The network as it is deployed: class probabilities, and class activation maps from the same pass.
+"""The network as it is deployed, carrying its own decision: equalisation, classifier, probabilities,
+and class activation maps from the same pass.
 
-One builder, ``deployable``, used by the ONNX export, the torch back-end and the GPU benchmark, so
-every one of them runs the same wrapper: softmax probabilities (sigmoid for a multi-label model, as
-jetson-inference's exporter does), plus the ``cam_0`` maps where the architecture allows them.
+One builder, ``deployment``, used by the ONNX export, the torch back-end and the GPU benchmark, so every
+one of them runs the same network:
+- a ``hist`` model equalises its input in the graph (networks/equalize.py), so a runtime that feeds
+  plain normalised RGB, jetson-inference's imagenet.py among them, gives it what it was trained on;
+  the host then does not equalise (the deployment's spec says so), and nothing equalises twice;
+- a two-class model with a decision threshold t has it folded into the positive class's bias, so the
+  softmax output is sigmoid(logit p - logit t) and argmax (0.5) decides exactly as p >= t; a runtime
+  that decides by argmax (imagenet.py) decides as classify.py does, and the confidence it shows is
+  that decision-scale probability: 50% at the operating point, above 50% for the class decided;
+- softmax probabilities (sigmoid for a multi-label model, as jetson-inference's exporter does), plus
+  the ``cam_0`` maps where the architecture allows them.
 """
 from __future__ import annotations
 
-from typing import Tuple
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torchvision
 
+from cxr_jetson.core.decision import DEFAULT_THRESHOLD, positive_index
+from cxr_jetson.core.model_info import ModelInfo
 from cxr_jetson.core.names import CAM_NAME, OUTPUT_NAME
-from cxr_jetson.networks.architectures import CompactCNN, ModelError, final_linear
+from cxr_jetson.networks.architectures import CompactCNN, ModelError, final_linear, head_name
+from cxr_jetson.networks.checkpoint import model_info
+from cxr_jetson.networks.equalize import EqualizeHist
+from cxr_jetson.networks.model import model_from_checkpoint
 
 
 class ClassifierWithCam(nn.Module):
@@ -53,10 +71,57 @@ def supports_cam(model: nn.Module) -> bool:
     return isinstance(model, (torchvision.models.ResNet, CompactCNN))
 
 
-def deployable(model: nn.Module, multi_label: bool = False, cam: bool = True) -> Tuple[nn.Module, Tuple[str, ...]]:
-    """``model`` wrapped as it is deployed, in eval mode, and the names of its outputs: probabilities
-    (``output_0``), then the class activation maps (``cam_0``) when ``cam`` and the model allows."""
+def _classifier(model: nn.Module, multi_label: bool, cam: bool) -> Tuple[nn.Module, Tuple[str, ...]]:
+    """``model`` with its activation, and the names of its outputs: probabilities (``output_0``), then the
+    class activation maps (``cam_0``) when ``cam`` and the model allows."""
     if cam and supports_cam(model) and not multi_label:
-        return ClassifierWithCam(model).eval(), (OUTPUT_NAME, CAM_NAME)
+        return ClassifierWithCam(model), (OUTPUT_NAME, CAM_NAME)
     activation = nn.Sigmoid() if multi_label else nn.Softmax(dim=1)
-    return nn.Sequential(model, activation).eval(), (OUTPUT_NAME,)
+    return nn.Sequential(model, activation), (OUTPUT_NAME,)
+
+
+class DeployedNetwork(nn.Module):
+    """The input equalised when the model was trained on equalised images, then the classifier."""
+
+    def __init__(self, classifier: nn.Module, equalize: Optional[EqualizeHist]) -> None:
+        super().__init__()
+        self.equalize = equalize  # its name gives the ONNX nodes the scope engines keep in float32 (FLOAT32_SCOPE)
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor):
+        return self.classifier(x if self.equalize is None else self.equalize(x))
+
+
+@dataclass
+class Deployment:
+    network: nn.Module            # in eval mode; takes the host's normalised RGB
+    outputs: Tuple[str, ...]      # output names, output_0 first
+    info: ModelInfo               # what the deployed network records: its host preprocessing, its decision
+
+
+def _fold_threshold(model: nn.Module, positive: int, threshold: float) -> nn.Module:
+    """A copy of ``model`` whose positive logit is lowered by logit(threshold) (see the module docstring)."""
+    folded = copy.deepcopy(model)
+    layer = final_linear(folded.get_submodule(head_name(folded)))
+    if layer is None or layer.bias is None:
+        raise ModelError(f"{type(model).__name__} has no final linear layer with a bias to fold the threshold into")
+    with torch.no_grad():
+        layer.bias[positive] -= math.log(threshold / (1.0 - threshold))
+    return folded
+
+
+def deployment(checkpoint: Dict[str, Any], cam: bool = True, provenance: Optional[Dict[str, Any]] = None,
+               fold: bool = True) -> Deployment:
+    """The network of a training checkpoint as every runtime deploys it (see the module docstring);
+    ``fold=False`` keeps output_0 as the calibrated probabilities and the threshold in the metadata."""
+    info = model_info(checkpoint, provenance or {})
+    model, multi_label = model_from_checkpoint(checkpoint), bool(checkpoint.get("multi_label"))
+    equalize = EqualizeHist(info.spec.mean, info.spec.std) if info.spec.equalize == "hist" else None
+    if equalize is not None:
+        info = dataclasses.replace(info, spec=dataclasses.replace(info.spec, equalize="none"), graph_equalize="hist")
+    positive = positive_index(info.labels, info.positive_class)
+    if fold and positive is not None and info.threshold is not None and 0.0 < info.threshold < 1.0 and not multi_label:
+        model = _fold_threshold(model, positive, info.threshold)
+        info = dataclasses.replace(info, threshold=DEFAULT_THRESHOLD, folded_threshold=info.threshold)
+    classifier, outputs = _classifier(model, multi_label, cam)
+    return Deployment(DeployedNetwork(classifier, equalize).eval(), outputs, info)

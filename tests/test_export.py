@@ -10,10 +10,13 @@ import onnxruntime
 import pytest
 import torch
 
+from cxr_jetson.core.decision import fold_probabilities
 from cxr_jetson.core.model_info import ModelInfo
+from cxr_jetson.core.preprocess import PreprocessSpec
 from cxr_jetson.export.graph import DEFAULT_OPSET, ExportError
 from cxr_jetson.export.onnx_export import ExportOptions, export_onnx
 from cxr_jetson.networks.checkpoint import load_checkpoint
+from cxr_jetson.networks.equalize import EqualizeHist
 from cxr_jetson.networks.model import model_from_checkpoint
 from tests.conftest import RESOLUTION, run_script
 
@@ -42,7 +45,8 @@ def test_only_output_0_can_be_requested_as_jetson_inference_does(exported_onnx):
 
 def test_cam_is_exact_for_the_logits(exported_onnx, trained_model_dir):
     best = load_checkpoint(os.path.join(trained_model_dir, "model_best.pth.tar"))
-    bias = best["state_dict"]["fc.bias"].numpy()
+    bias = best["state_dict"]["fc.bias"].numpy().copy()
+    bias[1] -= np.log(best["threshold"] / (1 - best["threshold"]))  # the deployed head has the threshold folded in
     batch = np.random.default_rng(1).normal(size=(1, 3, RESOLUTION, RESOLUTION)).astype(np.float32)
     session = onnxruntime.InferenceSession(exported_onnx, providers=["CPUExecutionProvider"])
     probabilities, cam = session.run(["output_0", "cam_0"], {"input_0": batch})
@@ -63,7 +67,9 @@ def test_onnx_describes_itself(exported_onnx, trained_model_dir):
     info = ModelInfo.from_metadata(metadata)
     best = load_checkpoint(os.path.join(trained_model_dir, "model_best.pth.tar"))
     assert info.labels == ["NORMAL", "PNEUMONIA"] and info.positive_class == "PNEUMONIA"
-    assert info.threshold == pytest.approx(best["threshold"])
+    # The threshold is folded into output_0: argmax (0.5) decides as p >= the chosen threshold.
+    assert info.folded_threshold == pytest.approx(best["threshold"]) and info.threshold == 0.5
+    assert info.graph_equalize == "hist" and info.spec.equalize == "none"  # the graph equalises, not the host
     assert info.spec.resolution == RESOLUTION and info.arch == "resnet18"
     assert info.provenance["epoch"] == best["epoch"] and len(info.provenance["checkpoint_sha256"]) == 64
 
@@ -72,8 +78,9 @@ def test_onnx_runtime_gives_torch_probabilities(exported_onnx, trained_model_dir
     best = load_checkpoint(os.path.join(trained_model_dir, "model_best.pth.tar"))
     model = model_from_checkpoint(best)
     batch = np.random.default_rng(0).normal(size=(1, 3, RESOLUTION, RESOLUTION)).astype(np.float32)
-    with torch.inference_mode():
-        expected = torch.softmax(model(torch.from_numpy(batch)), 1).numpy()
+    with torch.inference_mode():  # the graph's own parts, composed here: equalise, classify, fold the threshold
+        equalised = EqualizeHist(PreprocessSpec().mean, PreprocessSpec().std)(torch.from_numpy(batch))
+        expected = fold_probabilities(torch.softmax(model(equalised), 1).numpy(), 1, best["threshold"])
     session = onnxruntime.InferenceSession(exported_onnx, providers=["CPUExecutionProvider"])
     actual = session.run(["output_0"], {"input_0": batch})[0]
     np.testing.assert_allclose(actual, expected, atol=1e-5)

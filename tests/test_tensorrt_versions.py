@@ -36,19 +36,20 @@ MODULE = "<module>"
 RECEIVERS = {"engine": "ICudaEngine", "context": "IExecutionContext", "builder": "Builder", "config": "IBuilderConfig",
              "parser": "OnnxParser", "network": "INetworkDefinition", "profile": "IOptimizationProfile",
              "runtime": "Runtime", "tensor": "ITensor", "cache": "ITimingCache", "flags": "BuilderFlag",
-             "capability": "ComputeCapability", "creation": "NetworkDefinitionCreationFlag"}
+             "capability": "ComputeCapability", "creation": "NetworkDefinitionCreationFlag", "layer": "ILayer"}
 MODULE_NAMES = {"module", "trt_module"}
 
 # (class, member) -> the TensorRT capability that guards it, or None when every version must have it.
 USED: Dict[Tuple[str, str], Optional[str]] = {
     (MODULE, "Builder"): None, (MODULE, "Runtime"): None, (MODULE, "Logger"): None, (MODULE, "OnnxParser"): None,
     (MODULE, "BuilderFlag"): None, (MODULE, "MemoryPoolType"): None, (MODULE, "TensorIOMode"): None,
-    (MODULE, "NetworkDefinitionCreationFlag"): None,
+    (MODULE, "NetworkDefinitionCreationFlag"): None, (MODULE, "float32"): None,
     (MODULE, "IProgressMonitor"): "has_progress_monitor",
     (MODULE, "IInt8EntropyCalibrator2"): "has_int8_calibration",
     (MODULE, "ComputeCapability"): "is_rtx",
     ("Logger", "ERROR"): None, ("Logger", "WARNING"): None, ("Logger", "INFO"): None, ("Logger", "VERBOSE"): None,
     ("BuilderFlag", "FP16"): "weakly_typed", ("BuilderFlag", "INT8"): "has_int8_calibration",
+    ("BuilderFlag", "OBEY_PRECISION_CONSTRAINTS"): "weakly_typed",
     ("MemoryPoolType", "WORKSPACE"): None, ("MemoryPoolType", "TACTIC_SHARED_MEMORY"): "has_tactic_shared_memory",
     ("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH"): "needs_explicit_batch_flag",
     ("TensorIOMode", "OUTPUT"): None,
@@ -67,6 +68,9 @@ USED: Dict[Tuple[str, str], Optional[str]] = {
     ("ParserError", "desc"): None,
     ("INetworkDefinition", "num_inputs"): None, ("INetworkDefinition", "num_outputs"): None,
     ("INetworkDefinition", "get_input"): None, ("INetworkDefinition", "get_output"): None,
+    ("INetworkDefinition", "num_layers"): None, ("INetworkDefinition", "get_layer"): None,
+    ("ILayer", "name"): None, ("ILayer", "num_outputs"): None, ("ILayer", "get_output"): None,
+    ("ILayer", "precision"): "weakly_typed", ("ILayer", "set_output_type"): "weakly_typed",
     ("ITensor", "name"): None, ("ITensor", "shape"): None, ("ITensor", "dtype"): None,
     ("ITimingCache", "serialize"): None,
     ("Runtime", "deserialize_cuda_engine"): None,
@@ -88,7 +92,8 @@ USED: Dict[Tuple[str, str], Optional[str]] = {
 }
 # How a guard reads in the code, and the helpers only ever called under it.
 GUARD_TOKENS = {"weakly_typed": "strongly_typed"}
-GUARDED_HELPERS = {"has_progress_monitor": {"progress_monitor"}, "has_int8_calibration": {"entropy_calibrator"}}
+GUARDED_HELPERS = {"has_progress_monitor": {"progress_monitor"}, "has_int8_calibration": {"entropy_calibrator"},
+                   "weakly_typed": {"_keep_float32"}}
 # Present in a supported version but wrong there: never to be used.
 BROKEN = {(MODULE, "nptype"): "TensorRT 8.5.2 maps BOOL to np.bool, which numpy 1.24 removed (fixed in 8.5.3)"}
 

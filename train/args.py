@@ -85,6 +85,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default=DEFAULTS.weights, metavar="FILE",
                         help="start from a local state dict or checkpoint instead of downloading (implies no download)")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="random seed (default: drawn and recorded)")
+    jetson = parser.add_argument_group("jetson-inference's other flags (accepted as its train.py takes them)")
+    jetson.add_argument("--dataset-type", choices=("folder", "nuswide", "voc"), default="folder",
+                        help="folder: DIR/train/<CLASS>/ (the only layout this trainer reads)")
+    jetson.add_argument("--multi-label", action="store_true", help="multi-label tagging (not supported: one class per image)")
+    jetson.add_argument("--multi-label-threshold", type=float, default=0.5, help="with --multi-label only")
+    jetson.add_argument("--start-epoch", type=int, default=None,
+                        help="first epoch number: with --resume, the checkpoint's next one (a different number is "
+                             "refused: resume is exact here), else 0")
+    jetson.add_argument("--gpu", type=int, default=None, help="GPU index: the same as --device cuda:N")
     parser.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--amp", choices=AMP_CHOICES, default=DEFAULTS.amp,
                         help="mixed precision for training: auto picks bf16 on CUDA and on CPUs with native "

@@ -1,7 +1,9 @@
 """Batched training augmentation on cached uint8 images, on whichever device trains.
 
 Every sample gets its own random affine transform (zoom, aspect, rotation, shift, optional mirror)
-applied in one ``grid_sample`` call for the whole batch, then, per sample, a blur that stands for a
+applied in one ``grid_sample`` call for the whole batch (bilinear, or for a share of batches nearest
+point sampling, as jetson-inference's imagenet.py resamples a frame: its aliasing is then something
+the network has seen), then, per sample, a blur that stands for a
 lower-resolution system, brightness, contrast and gamma jitter and Gaussian noise. Two presets:
 ``strong`` (the default recipe: the acquisition differences between sites are what a model must
 not learn) and ``light`` (small jitter only, this toolkit's earlier default).
@@ -32,6 +34,7 @@ class AugmentConfig:
     noise: float = 0.0                # largest noise standard deviation, as a fraction of full scale
     blur: float = 0.0                 # probability of the low-resolution blur
     blur_factor: tuple = (1.5, 3.0)   # how many times lower that resolution is
+    nearest: float = 0.0              # probability that a batch is resampled by nearest point sampling
 
 
 AUGMENTATIONS = {
@@ -39,7 +42,8 @@ AUGMENTATIONS = {
     # jetson-inference's RandomResizedCrop (area 0.08-1) zooms up to 3.5x, often onto a patch with no
     # lung in it; a zoom of up to 1.6x keeps the chest while still changing the scale a lot.
     "strong": AugmentConfig(scale=(0.8, 1.6), aspect=(0.75, 1.33), rotation_degrees=15.0, translate=0.1,
-                            brightness=0.12, contrast=(0.6, 1.5), gamma=(0.6, 1.7), noise=0.04, blur=0.3),
+                            brightness=0.12, contrast=(0.6, 1.5), gamma=(0.6, 1.7), noise=0.04, blur=0.3,
+                            nearest=0.5),
 }
 DEFAULT_AUGMENTATION = "strong"
 
@@ -77,12 +81,14 @@ def augment_batch(images: torch.Tensor, spec: PreprocessSpec, config: AugmentCon
     ]).view(5, count, 1, 1, 1)
     blur_factor = float(_uniform(*config.blur_factor, 1, generator))
     noise_seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    # Drawn only when used, so a preset without it keeps its random stream.
+    resample = "nearest" if config.nearest and float(torch.rand(1, generator=generator)) < config.nearest else "bilinear"
     theta, photometric = _send(theta, device), _send(photometric, device)
     contrast, brightness, gamma, sigma, blurred = photometric
 
     grey = images.unsqueeze(1).float().div_(255.0)
     grid = F.affine_grid(theta, list(grey.shape), align_corners=False)
-    grey = F.grid_sample(grey, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    grey = F.grid_sample(grey, grid, mode=resample, padding_mode="zeros", align_corners=False)
     if config.blur > 0:
         grey = torch.where(blurred > 0, _low_resolution(grey, blur_factor), grey)
     mean = grey.mean(dim=(2, 3), keepdim=True)

@@ -69,10 +69,15 @@ class TrainConfig:
     calibrate: bool = True
     select_metric: str = "auc"
     tensorboard: bool = True
+    start_epoch: Optional[int] = None      # jetson-inference's --start-epoch: checked against where the run starts
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
-        return cls(**{name: getattr(args, name) for name in cls.__dataclass_fields__})
+        values = {name: getattr(args, name) for name in cls.__dataclass_fields__ if hasattr(args, name)}
+        gpu = getattr(args, "gpu", None)  # jetson-inference's --gpu N
+        if gpu is not None and values.get("device", "auto") == "auto":
+            values["device"] = f"cuda:{gpu}"
+        return cls(**values)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

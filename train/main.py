@@ -118,6 +118,10 @@ def _setup(config: TrainConfig, ddp: Distributed) -> _Session:
     amp_dtype = select_amp(config.amp, ddp.device)
     parse_policy(config.threshold_policy)
     resume = load_checkpoint(_resume_path(config.resume)) if config.resume else None
+    start = resume["epoch"] + 1 if resume is not None else 0
+    if config.start_epoch is not None and config.start_epoch != start:
+        raise ToolkitError(f"--start-epoch {config.start_epoch}: this run starts at epoch {start}"
+                           + (" (the checkpoint's next)" if resume is not None else "") + "; leave --start-epoch out")
     config = resolve(config, ddp.world_size, resume, drawn_seed=int.from_bytes(os.urandom(4), "little"))
     spec = preprocessing(config, resume)
     classes = find_classes(os.path.join(config.data, "train"))
@@ -244,10 +248,18 @@ def evaluate(config: TrainConfig) -> int:
 
 def main(args: argparse.Namespace) -> int:
     config = TrainConfig.from_args(args)
+    if args.dataset_type != "folder" or args.multi_label:
+        raise ToolkitError("this trainer reads one class per image from DIR/train/<CLASS>/ (--dataset-type folder); "
+                           "--multi-label and the nuswide/voc layouts are not supported")
     if config.epochs < 1 and not config.evaluate:
         raise ToolkitError("--epochs must be at least 1")
-    if config.batch_size < 2:
-        raise ToolkitError("--batch-size must be at least 2 (batch norm needs two images per batch)")
+    if config.batch_size < 1:
+        raise ToolkitError("--batch-size must be at least 1")
+    if config.batch_size == 1:
+        # Convolutional batch norms normalise over batch x height x width: one image per step trains (as in
+        # jetson-inference), with noisier statistics than a larger batch.
+        print("=> --batch-size 1: batch norm statistics come from one image per step, which makes them noisy; "
+              "a batch of 16-64 trains faster and steadier where memory allows")
     if config.evaluate:
         # One process's work: started by torchrun, rank 0 evaluates and the others have nothing to do.
         return evaluate(config) if launched_rank() == 0 else 0

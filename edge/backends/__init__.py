@@ -19,6 +19,7 @@ import numpy as np
 
 from cxr_jetson.core.errors import ToolkitError
 from cxr_jetson.core.model_info import ModelInfo
+from cxr_jetson.core.names import INPUT_NAME, OUTPUT_NAME
 
 
 class BackendError(ToolkitError, RuntimeError):
@@ -43,6 +44,8 @@ class Backend:
     resolution: int = 0
     max_batch: int = 1
     num_classes: int = 0
+    input_name: str = INPUT_NAME     # the tensors it feeds and reads (jetson-inference's --input_blob/--output_blob)
+    output_name: str = OUTPUT_NAME
     info: ModelInfo = ModelInfo()    # what the model records about itself (empty for a plain export)
     has_cam: bool = False            # the model also gives class activation maps (edge/heatmap.py)
 

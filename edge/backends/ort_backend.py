@@ -42,7 +42,7 @@ class OnnxRuntimeBackend(Backend):
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise BackendError(f"ONNX Runtime cannot load {self.model_file}: {first_line}") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        self.input_name = inputs[0].name
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
         self.output_names = [outputs[0].name] + [o.name for o in outputs if o.name == CAM_NAME]
         self.has_cam = len(self.output_names) == 2
         batch, channels, height, width = inputs[0].shape

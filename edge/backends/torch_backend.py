@@ -25,16 +25,15 @@ class TorchBackend(Backend):
         try:
             import torch
 
-            from cxr_jetson.networks.checkpoint import load_checkpoint, model_info
-            from cxr_jetson.networks.deployable import deployable
-            from cxr_jetson.networks.model import model_from_checkpoint
+            from cxr_jetson.networks.checkpoint import load_checkpoint
+            from cxr_jetson.networks.deployable import deployment
         except ImportError as err:
             raise BackendError(f"the torch back-end needs torch and torchvision ({err}); "
                                "use --backend onnxruntime or tensorrt") from None
         self.torch = torch
         self.model_file = locate_model(model, ("checkpoint",))
-        checkpoint = load_checkpoint(self.model_file)
-        self.info = model_info(checkpoint, provenance={"checkpoint": os.path.basename(self.model_file)})
+        deployed = deployment(load_checkpoint(self.model_file), provenance={"checkpoint": os.path.basename(self.model_file)})
+        self.info = deployed.info
         self.resolution = self.info.spec.resolution
         self.num_classes = len(self.info.labels)
         self.max_batch = options.batch_size
@@ -45,8 +44,8 @@ class TorchBackend(Backend):
         if self.precision not in ("fp16", "fp32"):
             raise BackendError(f"the torch back-end runs fp16 or fp32, not {self.precision}")
         self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
-        self.model, outputs = deployable(model_from_checkpoint(checkpoint), bool(checkpoint.get("multi_label")))
-        self.has_cam = len(outputs) == 2
+        self.model = deployed.network
+        self.has_cam = len(deployed.outputs) == 2
         self.model.to(self.torch_device, dtype=self.dtype, memory_format=torch.channels_last)
         self.graph = self._capture_graph() if on_gpu and cuda_graph else None
     def _capture_graph(self):

@@ -20,7 +20,7 @@ import onnx
 from cxr_jetson.core.errors import ToolkitError
 from cxr_jetson.core.files import atomic_path, sha256_file
 from cxr_jetson.core.model_info import ModelInfo
-from cxr_jetson.core.names import INPUT_NAME, OUTPUT_NAME, PRECISIONS
+from cxr_jetson.core.names import FLOAT32_SCOPE, INPUT_NAME, OUTPUT_NAME, PRECISIONS
 from cxr_jetson.edge.tensorrt.api import TensorRT, load_tensorrt
 from cxr_jetson.edge.tensorrt.cuda import GpuIdentity, current_gpu, open_cuda
 from cxr_jetson.edge.tensorrt.engine_record import EngineRecord, engine_path_for, stale_reasons
@@ -85,6 +85,22 @@ class EngineBuilder:
             raise BuildError(f"{name} takes input_0 of shape {shape}; expected [N, 3, R, R]")
         return network, shape
 
+    def _keep_float32(self, network) -> None:
+        """Weakly typed FP16/INT8 builds may run any layer in FP16: the in-graph equalisation's pixel counts
+        (up to R x R) must stay in float32. Strongly typed TensorRT takes its types from the network
+        (edge/tensorrt/fp16_onnx.py keeps those nodes float32)."""
+        kept = 0
+        for index in range(network.num_layers):
+            layer = network.get_layer(index)
+            if layer.name.startswith(FLOAT32_SCOPE):
+                layer.precision = self.trt.module.float32
+                for output in range(layer.num_outputs):
+                    if layer.get_output(output).dtype == self.trt.module.float32:
+                        layer.set_output_type(output, self.trt.module.float32)
+                kept += 1
+        if kept:
+            self.config.set_flag(self.trt.module.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+
     def _batch_profile(self, shape: Tuple[int, ...]) -> Dict[str, int]:
         batch = self.options.max_batch
         if shape[0] == -1:
@@ -98,11 +114,12 @@ class EngineBuilder:
                              "export with onnx_export.py --dynamic-batch to build for larger batches")
         return {"min": batch, "opt": batch, "max": batch}
 
-    def _configure_precision(self, spec, shape: Tuple[int, ...]) -> Optional[object]:
+    def _configure_precision(self, network, spec, shape: Tuple[int, ...]) -> Optional[object]:
         """Builder flags for weakly typed TensorRT; strongly typed ones get an FP16 network instead."""
         flags, precision = self.trt.module.BuilderFlag, self.options.precision
         if precision == "fp16" and not self.trt.strongly_typed:
             self.config.set_flag(flags.FP16)
+            self._keep_float32(network)
         if precision != "int8":
             return None
         if not self.trt.has_int8_calibration:
@@ -118,6 +135,7 @@ class EngineBuilder:
                                         input_shape)
         self.config.set_flag(flags.INT8)
         self.config.set_flag(flags.FP16)  # layers INT8 cannot run fall back to FP16, not FP32
+        self._keep_float32(network)
         self.config.int8_calibrator = calibrator
         if self.profile is not None:
             self.config.set_calibration_profile(self.profile)
@@ -163,7 +181,7 @@ class EngineBuilder:
             self.trt.set_tactic_shared_memory(self.config, self.options.tactic_shared_kib << 10)
         batch = self._batch_profile(shape)
         targets = self._configure_target()
-        self._configure_precision(spec, shape)
+        self._configure_precision(network, spec, shape)
         timing_cache = self._load_timing_cache()
         print(f"building a {self.options.precision.upper()} engine with {self.trt.label} "
               f"(this can take minutes on a Jetson)", flush=True)

@@ -11,17 +11,23 @@ from __future__ import annotations
 import onnx
 
 from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.names import FLOAT32_SCOPE
+
+
+def float32_nodes(model: onnx.ModelProto):
+    """Names of the nodes that must compute in float32 (the in-graph equalisation's pixel counts)."""
+    return [node.name for node in model.graph.node if node.name.startswith(FLOAT32_SCOPE)]
 
 
 def fp16_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """FP16 weights and compute, float32 ``input_0``/``output_0``; metadata kept."""
+    """FP16 weights and compute, float32 ``input_0``/``output_0`` and float32 equalisation; metadata kept."""
     try:
         from onnxruntime.transformers.onnx_model import OnnxModel
     except ImportError:
         raise ToolkitError("an FP16 network for this TensorRT needs ONNX Runtime's model tools: "
                            "pip install onnxruntime") from None
     wrapper = OnnxModel(model)
-    wrapper.convert_float_to_float16(keep_io_types=True)
+    wrapper.convert_float_to_float16(keep_io_types=True, node_block_list=float32_nodes(model))
     wrapper.topological_sort()  # the converter appends its input Casts after their consumers
     onnx.checker.check_model(wrapper.model)
     return wrapper.model
