@@ -20,7 +20,8 @@ fi
 EPOCHS=${EPOCHS:-2}
 
 echo "== train.py: $EPOCHS epoch(s) on $DATA (from scratch: ImageNet weights need a network)"
-"$PYTHON" train.py --model-dir "$MODEL" "$DATA" --epochs "$EPOCHS" --no-pretrained --print-freq 0 --seed 0
+# --overwrite: each demo run replaces the model the previous demo run made
+"$PYTHON" train.py --model-dir "$MODEL" "$DATA" --epochs "$EPOCHS" --no-pretrained --print-freq 0 --seed 0 --overwrite
 
 echo "== onnx_export.py"
 "$PYTHON" onnx_export.py --model-dir "$MODEL"

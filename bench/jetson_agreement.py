@@ -18,10 +18,11 @@ import argparse
 import json
 import os
 import tempfile
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import cv2
 import numpy as np
+from scipy.stats import binomtest
 
 from bench.imagenet_emulator import ImageNetEmulator
 from cxr_jetson.core.cli import run_cli
@@ -64,7 +65,7 @@ def write_proxies(val: str, labels: List[str], resolution: int, scratch: str) ->
     return folders
 
 
-def compare(model: DeployedModel, emulator: ImageNetEmulator, images: List[Tuple[str, int]]) -> Dict[str, float]:
+def compare(model: DeployedModel, emulator: ImageNetEmulator, images: List[Tuple[str, int]]) -> Dict[str, Any]:
     ours, theirs, truth = [], [], []
     for path, label in images:
         probabilities = model.probabilities(load_for_network(path, model.spec)[None])
@@ -72,8 +73,12 @@ def compare(model: DeployedModel, emulator: ImageNetEmulator, images: List[Tuple
         theirs.append(emulator.classify(path)[0])
         truth.append(label)
     ours_, theirs_, truth_ = np.array(ours), np.array(theirs), np.array(truth)
-    return {"images": len(images), "agreement": float(np.mean(ours_ == theirs_)),
-            "accuracy_classify": float(np.mean(ours_ == truth_)), "accuracy_imagenet": float(np.mean(theirs_ == truth_))}
+    row: Dict[str, Any] = {"images": len(images)}
+    for key, hits in (("agreement", ours_ == theirs_), ("accuracy_classify", ours_ == truth_),
+                      ("accuracy_imagenet", theirs_ == truth_)):
+        interval = binomtest(int(hits.sum()), len(hits)).proportion_ci(0.95, method="wilson")
+        row[key], row[key + "_ci95"] = float(hits.mean()), [float(interval.low), float(interval.high)]
+    return row
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -98,10 +103,11 @@ def main(args: argparse.Namespace) -> int:
         for name, folder in sets.items():
             if os.path.isdir(folder):
                 results[name] = compare(model, emulator, labelled_images(folder, model.labels))
-    print(f"{'image set':34} {'images':>6} {'agree':>8} {'acc classify.py':>16} {'acc imagenet.py':>16}")
+    print(f"{'image set':34} {'images':>6} {'agree (95% CI)':>24} {'acc classify.py':>16} {'acc imagenet.py':>16}")
     for name, row in results.items():
-        print(f"{name:34} {row['images']:6d} {row['agreement']:8.2%} {row['accuracy_classify']:16.2%} "
-              f"{row['accuracy_imagenet']:16.2%}")
+        low, high = row["agreement_ci95"]
+        print(f"{name:34} {row['images']:6d} {row['agreement']:8.2%} ({low:6.2%}-{high:6.2%}) "
+              f"{row['accuracy_classify']:16.2%} {row['accuracy_imagenet']:16.2%}")
     existing = {}
     if os.path.isfile(args.output):
         with open(args.output, encoding="utf-8") as handle:

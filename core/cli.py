@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Callable, Optional
 
-from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.errors import InputWarning, ToolkitError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -15,8 +16,18 @@ EXIT_INTERRUPTED = 130
 def run_cli(main: Callable[[], Optional[int]], program: str) -> None:
     """Call ``main`` and exit with its status; user errors become one line on stderr, no traceback.
 
-    Set CXR_DEBUG=1 to see the traceback of a user error too.
+    Set CXR_DEBUG=1 to see the traceback of a user error too. Input warnings (a fallback the input
+    needed) are one line each too.
     """
+    original = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001 (warnings' signature)
+        if issubclass(category, InputWarning):
+            print(f"{program}: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line
     try:
         status = main()
     except ToolkitError as err:

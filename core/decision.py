@@ -61,7 +61,10 @@ def is_positive(scores: np.ndarray, threshold: float) -> np.ndarray:
 def decided_classes(probabilities: np.ndarray, positive: Optional[int], threshold: Optional[float]) -> np.ndarray:
     """``N x C`` probabilities -> the ``N`` decided class indices: the threshold on the positive class
     of a two-class model, else argmax."""
-    if positive is None or threshold is None:
+    if positive is None or threshold is None or threshold == DEFAULT_THRESHOLD:
+        # At 0.5 "p >= t" is argmax but for exact ties (a folded threshold puts the model's own cut-off
+        # there), and a tie goes to the first class in jetson-inference's imageNet: argmax, so that
+        # imagenet.py and classify.py decide every image alike.
         return probabilities.argmax(1)
     return np.where(is_positive(probabilities[:, positive], threshold), positive, 1 - positive)
 

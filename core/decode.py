@@ -6,25 +6,25 @@ comes through here, so "readable image" means the same thing everywhere.
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
 
 import cv2
 import numpy as np
 
 from cxr_jetson.core.dicom import decode_dicom
 from cxr_jetson.core.errors import ImageDecodeError
+from cxr_jetson.core.image_header import check_size, image_size, jpeg_size
+
+# A damaged file is reported in one line of ours; OpenCV's own warning about it would be a second.
+# (cv2.utils.logging is missing from some older builds; they keep their warnings.)
+_cv2_logging = getattr(getattr(cv2, "utils", None), "logging", None)
+if _cv2_logging is not None:
+    _cv2_logging.setLogLevel(_cv2_logging.LOG_LEVEL_ERROR)
 
 # libjpeg can scale a JPEG down by 2, 4 or 8 while decoding (DCT scaling), far cheaper than a full
 # decode followed by a resize.
 _REDUCED_GREY_FLAGS = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8),
                        (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
                        (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
-
-# Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) share the range
-# but are not frames.
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01}
-
 
 def read_bytes(path: str) -> bytes:
     try:
@@ -44,36 +44,6 @@ def is_dicom(data: bytes) -> bool:
 
 def is_jpeg(data: bytes) -> bool:
     return data[:3] == b"\xff\xd8\xff"
-
-
-def jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
-    """(height, width) from a JPEG's start-of-frame header, or None if the header is unreadable.
-
-    OpenCV has no header-only query, and the size decides how far the decoder may scale down.
-    """
-    pos = 2
-    end = len(data)
-    while pos + 4 <= end:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in _STANDALONE_MARKERS:
-            pos += 2
-            continue
-        length = int.from_bytes(data[pos + 2:pos + 4], "big")
-        if marker in _SOF_MARKERS:
-            if pos + 9 > end:
-                return None
-            height = int.from_bytes(data[pos + 5:pos + 7], "big")
-            width = int.from_bytes(data[pos + 7:pos + 9], "big")
-            return (height, width) if height and width else None
-        if marker == 0xDA or length < 2:  # start of scan before any frame header
-            return None
-        pos += 2 + length
-    return None
 
 
 def _jpeg_is_complete(data: bytes) -> bool:
@@ -104,16 +74,24 @@ def decode_grey(data: bytes, name: str = "<bytes>", min_side: int = 0) -> np.nda
     """
     if is_dicom(data) or name.lower().endswith(".dcm"):
         return decode_dicom(data, name)
+    claimed = image_size(data)
+    if claimed is not None:
+        check_size(*claimed, name)  # before anything is allocated
     buffer = np.frombuffer(data, np.uint8)
-    if is_jpeg(data):
-        if not _jpeg_is_complete(data):
-            raise ImageDecodeError(f"{name} is a truncated JPEG (no end-of-image marker)")
-        flag = dict(_REDUCED_GREY_FLAGS).get(jpeg_reduction(data, min_side), cv2.IMREAD_GRAYSCALE)
-        image = cv2.imdecode(buffer, flag)
-    else:
-        image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    try:
+        if is_jpeg(data):
+            if not _jpeg_is_complete(data):
+                raise ImageDecodeError(f"{name} is a truncated JPEG (no end-of-image marker)")
+            flag = dict(_REDUCED_GREY_FLAGS).get(jpeg_reduction(data, min_side), cv2.IMREAD_GRAYSCALE)
+            image = cv2.imdecode(buffer, flag)
+        else:
+            image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:  # OpenCV's own limits and codec errors
+        raise ImageDecodeError(f"{name} cannot be decoded: {str(err).strip().splitlines()[-1][:160]}") from None
     if image is None or image.size == 0:
         raise ImageDecodeError(f"{name} is not a readable image (corrupt, truncated or unsupported format)")
+    if claimed is None:
+        check_size(image.shape[0], image.shape[1], name)
     return to_grey(image, name)
 
 

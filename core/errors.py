@@ -8,3 +8,7 @@ class ToolkitError(Exception):
 
 class ImageDecodeError(ToolkitError, ValueError):
     """A file that cannot be turned into pixels; the message says why in one line."""
+
+
+class InputWarning(UserWarning):
+    """Input that was used with a stated fallback (a malformed DICOM window, say); shown as one line."""

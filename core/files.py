@@ -7,6 +7,8 @@ import os
 import tempfile
 from typing import Iterator
 
+from cxr_jetson.core.errors import ToolkitError
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -55,3 +57,21 @@ def sha256_file(path: str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_writable(path: str, what: str, is_folder: bool = False) -> None:
+    """Refuse, in one line and before any work, an output that cannot be written (``path`` a folder when
+    ``is_folder``, else a file): the folder is made if missing, then a temporary file is created in it and
+    removed (permission bits alone do not tell: a read-only mount, /proc, a full disk)."""
+    if is_folder and os.path.isfile(os.path.normpath(path)):  # "taken/" names the file "taken" too
+        raise ToolkitError(f"{what} {path} is a file, not a folder")
+    if not is_folder and os.path.isdir(path):
+        raise ToolkitError(f"{what} {path} is a folder, not a file")
+    folder = path if is_folder else (os.path.dirname(os.path.abspath(path)) or ".")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".cxr-write-check.", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise ToolkitError(f"cannot write {what} {path}: {err.strerror or err}") from None

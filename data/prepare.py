@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from cxr_jetson.core.cli import run_cli
 from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.files import check_writable
 from cxr_jetson.core.labels import write_labels
 from cxr_jetson.core.names import LABELS_FILE
 from cxr_jetson.data.inventory import ImageRecord, find_leaks, first_of_duplicates, inspect_all, label_conflicts
@@ -69,6 +70,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def _check_output(output: str, force: bool) -> None:
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise PrepareError(f"{output} is a file; the output is a data set folder")
+    # The new import is written beside the output, then swapped in: the parent must take new folders.
+    check_writable(os.path.dirname(os.path.abspath(output)), "the folder that holds the output", is_folder=True)
     if not os.path.exists(output):
         return
     if not force:
@@ -120,7 +125,7 @@ def split_by_patient(records: Sequence[ImageRecord], fraction: float, seed: int)
     for patient, images in by_patient.items():
         # A patient with images in both classes (none in the official data) counts where most are.
         strata[Counter(r.label for r in images).most_common(1)[0][0]].append(patient)
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 (a reproducible split, not a secret)
     for label in sorted(strata):
         patients = sorted(strata[label])
         rng.shuffle(patients)
@@ -196,13 +201,44 @@ def _print_summary(report: dict) -> None:
     print(f"written to {report['output']} (manifest: {MANIFEST}, report: {REPORT})")
 
 
+def _output_folder(source: str, output: str) -> str:
+    """One spelling of the output whatever the user typed ("data/x/" is "data/x"): the new import is
+    written beside it, never inside it; neither folder may hold the other."""
+    real_source, real_output = os.path.realpath(source), os.path.realpath(output)
+    if real_source == real_output or real_source.startswith(real_output + os.sep):
+        raise PrepareError(f"the source {source} is inside the output {output}, which an import replaces")
+    if real_output.startswith(real_source + os.sep):
+        raise PrepareError(f"the output {output} is inside the source {source}: the next import "
+                           "would read this one's files back as new ones")
+    return os.path.normpath(output)
+
+
+def _swap_in(staging: str, output: str) -> None:
+    """The complete new import takes the output's place; the previous one goes only once it has."""
+    previous = f"{output}.previous"
+    if os.path.exists(previous):
+        shutil.rmtree(previous)
+    if os.path.exists(output):
+        os.replace(output, previous)
+    try:
+        os.replace(staging, output)
+    except OSError as err:
+        if os.path.exists(previous):
+            os.replace(previous, output)
+        raise PrepareError(f"cannot put the new import in place at {output}: {err.strerror or err}; "
+                           "the previous one is unchanged") from None
+    if os.path.exists(previous):
+        shutil.rmtree(previous)
+
+
 def prepare(args: argparse.Namespace) -> dict:
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     if len(classes) < 2:
         raise PrepareError("--classes needs at least two class names")
     if not 0.0 <= args.val_fraction < 1.0:
         raise PrepareError(f"--val-fraction {args.val_fraction} must be in [0, 1)")
-    _check_output(args.output, args.force)
+    output = _output_folder(args.source, args.output)
+    _check_output(output, args.force)
     tree = SourceTree(args.source)
     try:
         files = tree.files()
@@ -226,7 +262,7 @@ def prepare(args: argparse.Namespace) -> dict:
             leaks = find_leaks(kept)
             if leaks:  # cannot happen after the steps above; a guard against regressions
                 raise PrepareError(f"internal error: leakage after splitting: {leaks[0].describe()}")
-        staging = _write(tree, kept, args.output, args.link, classes)
+        staging = _write(tree, kept, output, args.link, classes)
         # A synthetic download stays labelled as such in the data set (and on models trained on it).
         synthetic = [f for f in files if os.path.basename(f) == NOTICE_FILE]
         if synthetic:
@@ -236,7 +272,7 @@ def prepare(args: argparse.Namespace) -> dict:
         tree.close()
     report = {
         "source": os.path.abspath(args.source), "source_kind": tree.kind, "root": root,
-        "other_layouts_ignored": other_roots, "output": args.output, "classes": classes,
+        "other_layouts_ignored": other_roots, "output": output, "classes": classes,
         "val_fraction": args.val_fraction, "seed": args.seed, "link": args.link,
         "official_counts": official, "official_val_folded": folded,
         "counts": _counts(kept),
@@ -247,9 +283,7 @@ def prepare(args: argparse.Namespace) -> dict:
     }
     with open(os.path.join(staging, REPORT), "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
-    if os.path.exists(args.output):
-        shutil.rmtree(args.output)
-    os.replace(staging, args.output)
+    _swap_in(staging, output)
     return report
 
 

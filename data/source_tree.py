@@ -4,9 +4,11 @@ from __future__ import annotations
 import os
 import shutil
 import zipfile
+import zlib
 from typing import List
 
 from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.image_files import is_regular_file
 
 LINK_MODES = ("symlink", "hardlink", "copy")
 
@@ -47,12 +49,17 @@ class SourceTree:
                 rel_root = os.path.relpath(root, self.location)
                 for name in sorted(files):
                     path = name if rel_root == "." else os.path.join(rel_root, name)
-                    names.append(path.replace(os.sep, "/"))
+                    if is_regular_file(os.path.join(self.location, path)):  # not a pipe: reading it could block
+                        names.append(path.replace(os.sep, "/"))
         return [name for name in names if not _ignored(name)]
 
     def read(self, relpath: str) -> bytes:
+        """The file's bytes; OSError (a damaged zip member included) when they cannot be read."""
         if self._zip is not None:
-            return self._zip.read(relpath)
+            try:
+                return self._zip.read(relpath)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as err:  # a bad CRC, a truncated member
+                raise OSError(f"damaged in the archive ({err})") from None
         with open(os.path.join(self.location, relpath), "rb") as handle:
             return handle.read()
 

@@ -35,7 +35,8 @@ def present(module):
 def library_present(name):
     """A shared library is installed where the dynamic linker finds it (ldconfig's cache, or the usual folders)."""
     try:
-        cache = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=False).stdout
+        # ldconfig is wherever the image's PATH has it (/sbin on some, /usr/sbin on others)
+        cache = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=False).stdout  # noqa: S607
     except OSError:
         cache = ""
     return name in cache or any(glob.glob(os.path.join(folder, name + "*")) for folder in LIBRARY_FOLDERS)

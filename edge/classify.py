@@ -14,18 +14,22 @@ import os
 import sys
 from typing import List, Optional
 
-from cxr_jetson.core.cli import add_bool_flag, run_cli
+from cxr_jetson.core.cli import EXIT_INTERRUPTED, add_bool_flag, run_cli
 from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.files import check_writable
+from cxr_jetson.core.image_files import special_file_kind
+from cxr_jetson.core.image_header import DEFAULT_MAX_PIXELS, set_max_pixels
 from cxr_jetson.core.model_files import default_model_path
 from cxr_jetson.core.names import PRECISIONS
 from cxr_jetson.edge.backends import BACKEND_CHOICES, BackendOptions
 from cxr_jetson.edge.deployed_model import DeployedModel
 from cxr_jetson.edge.pipeline import Outcome, RunOptions, result_fields, run_pipeline
 from cxr_jetson.edge.results import ResultsWriter
-from cxr_jetson.edge.sinks import FolderSink, open_sink
+from cxr_jetson.edge.sinks import FolderSink, Sink, open_sink, output_folder
 from cxr_jetson.edge.sources import open_source
 from cxr_jetson.edge.timing import StageClock
 from cxr_jetson.edge.video_source import CODECS, DECODERS, CaptureOptions
+from cxr_jetson.edge.web_view import TOKEN_AUTO
 
 EXIT_SOME_FAILED = 1
 
@@ -46,7 +50,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="jetson-inference's name of the output tensor: accepted, and checked against the model's "
                              "(output_0)")
     parser.add_argument("--labels", default=None,
-                        help="labels file, one class per line (default: the labels embedded in the model)")
+                        help="labels file, one class per line (default: the labels embedded in the model); they "
+                             "must be the model's own, by name and order, unless --relabel")
+    parser.add_argument("--relabel", action="store_true",
+                        help="accept --labels that differ from the model's own: their names replace the model's, "
+                             "in the model's class order (the decision stays the model's)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="the largest image decoded, width x height; a larger header is refused before "
+                             "decoding (a decompression bomb or a lying file)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="decision threshold on the positive class probability "
                              "(default: the one chosen on validation data at training time)")
@@ -93,6 +104,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "a Jetson")
     video.add_argument("--input-latency", type=int, default=200, help="RTSP jitter buffer in ms")
     video.add_argument("--output-rate", type=float, default=0, help="frame rate of a video OUTPUT (default: the input's)")
+    video.add_argument("--web-token", default=TOKEN_AUTO, metavar="auto|none|TOKEN",
+                       help="the web view's access token: auto (a new one, required unless it listens on loopback "
+                            "only), none (no token: anyone who reaches the port sees the images), or your own")
     video.add_argument("--web-linger", type=float, default=-1,
                        help="after the input ends, keep the web view up this many seconds (-1: until Ctrl+C)")
     return parser
@@ -112,7 +126,7 @@ def _print_summary(outcome: Outcome, source, model: DeployedModel, clock: StageC
     if outcome.failures:
         counts.append(f"{len(outcome.failures)} failed")
     if source.skipped:
-        counts.append(f"{len(source.skipped)} non-image file(s) skipped")
+        counts.append(f"{len(source.skipped)} file(s) passed over (not images, or not regular files)")
     if source.corrupt:
         counts.append(f"{source.corrupt} corrupt frame(s) skipped")
     if source.reconnects:
@@ -125,6 +139,10 @@ def _print_summary(outcome: Outcome, source, model: DeployedModel, clock: StageC
         print("  mean ms per image: " + "  ".join(f"{stage} {clock.mean(stage):.2f}" for stage in clock.totals))
     for failure in outcome.failures:
         print(f"  failed: {failure}", file=sys.stderr)
+    for path in source.skipped:
+        kind = special_file_kind(path)
+        if kind is not None:  # named like an image but not a file that can be read to its end
+            print(f"  skipped: {path} is {kind}, not a regular file: not read", file=sys.stderr)
     if profile:
         print("\n" + "\n".join(clock.report()))
     if results:
@@ -140,23 +158,48 @@ def _check_blobs(args: argparse.Namespace, model: DeployedModel) -> None:
                                f"its {kind} is {actual}")
 
 
+def _input_paths(source) -> frozenset:
+    """The real paths of the input files: what no output may replace."""
+    return frozenset(os.path.realpath(path) for path in source.files())
+
+
+def _refuse_writing_over_inputs(source, inputs: frozenset, sink: Sink, results_path: Optional[str]) -> None:
+    """No output may replace an input (``inputs``: their real paths): refused before any work, in one line."""
+    planned = sink.planned(source.names()) + ([results_path] if results_path else [])
+    clash = [path for path in planned if os.path.realpath(path) in inputs]
+    if clash:
+        raise ToolkitError(f"the output would write over the input {clash[0]}"
+                           + (f" and {len(clash) - 1} more" if len(clash) > 1 else "")
+                           + "; name another output folder or file")
+
+
 def main(args: argparse.Namespace) -> int:
-    if args.top_k < 1 or args.batch_size < 1 or args.workers < 1:
-        raise ToolkitError("--topK, --batch-size and --workers must be at least 1")
+    if args.top_k < 1 or args.batch_size < 1 or args.workers < 1 or args.max_pixels < 1:
+        raise ToolkitError("--topK, --batch-size, --workers and --max-pixels must be at least 1")
+    set_max_pixels(args.max_pixels)
     capture = CaptureOptions(args.input_width, args.input_height, args.input_rate, args.input_loop,
                              args.input_retries, args.input_flip, args.input_codec, args.input_decoder,
                              args.input_latency)
-    source = open_source(args.input, capture)
+    # The output folder is never read, so a run never reads back what it (or an earlier one) wrote.
+    source = open_source(args.input, capture, exclude=output_folder(args.output))
     try:
-        options = BackendOptions(args.precision, args.threads, args.batch_size, args.build)
-        model = DeployedModel(args.model, args.backend, args.labels, args.threshold, options)
-        _check_blobs(args, model)
-        if args.heatmap and not model.backend.has_cam:
-            raise ToolkitError(f"{os.path.basename(model.model_file)} has no class activation map output; "
-                               "re-export it with onnx_export.py (--cam is the default for ResNets)")
         single = not source.fps and source.frame_count == 1
-        sink = open_sink(args.output, single, args.output_rate or source.fps, args.web_linger)
-        results_path = _results_path(args, sink)
+        inputs = _input_paths(source)
+        sink = open_sink(args.output, single, args.output_rate or source.fps, args.web_linger, inputs, args.web_token)
+        try:
+            results_path = _results_path(args, sink)
+            _refuse_writing_over_inputs(source, inputs, sink, results_path)
+            if results_path:
+                check_writable(results_path, "results file")
+            options = BackendOptions(args.precision, args.threads, args.batch_size, args.build)
+            model = DeployedModel(args.model, args.backend, args.labels, args.threshold, options, args.relabel)
+            _check_blobs(args, model)
+            if args.heatmap and not model.backend.has_cam:
+                raise ToolkitError(f"{os.path.basename(model.model_file)} has no class activation map output; "
+                                   "re-export it with onnx_export.py (--cam is the default for ResNets)")
+        except BaseException:
+            sink.close()
+            raise
         results = ResultsWriter(results_path, result_fields(model.labels))
         print(f"model: {model.describe()}\ninput: {source.description}\noutput: {sink.description}", flush=True)
         try:
@@ -175,6 +218,8 @@ def main(args: argparse.Namespace) -> int:
     finally:
         source.close()
     _print_summary(outcome, source, model, clock, args.profile, results_path)
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED  # as a shell reports Ctrl+C; everything classified so far is kept
     return EXIT_SOME_FAILED if outcome.failures else 0
 
 

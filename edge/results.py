@@ -22,10 +22,13 @@ class ResultsWriter:
         extension = os.path.splitext(path)[1].lower()
         if extension not in _FORMATS:
             raise ToolkitError(f"results file {path} must end in {' or '.join(_FORMATS)}")
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        self._handle = open(path, "w", newline="", encoding="utf-8")
+        try:
+            parent = os.path.dirname(path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            self._handle = open(path, "w", newline="", encoding="utf-8")
+        except OSError as err:
+            raise ToolkitError(f"cannot write results file {path}: {err.strerror or err}") from None
         if extension == ".csv":
             self._csv = csv.DictWriter(self._handle, fieldnames=fields, extrasaction="ignore")
             self._csv.writeheader()

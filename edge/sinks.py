@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 import cv2
 import numpy as np
 
 from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.files import check_writable
 from cxr_jetson.edge.frames import Frame
-from cxr_jetson.edge.web_view import WebView, parse_web_address
+from cxr_jetson.edge.web_view import TOKEN_AUTO, WebView, is_every_interface, is_loopback, parse_web_address
 
 # Formats OpenCV writes everywhere; anything else (e.g. .jp2 without its codec, .dcm) is saved as PNG.
 WRITABLE_IMAGES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
@@ -27,6 +30,11 @@ class Sink:
     description = "no image output"
     enabled = False
 
+    def planned(self, names: Sequence[Tuple[int, str]]) -> List[str]:
+        """The files this sink would write for frames (index, name): checked against the inputs before any
+        work, so an output never replaces an input."""
+        return []
+
     def write(self, frame: Frame, image: np.ndarray, result: Dict[str, Any]) -> None:
         """Write one annotated BGR image."""
 
@@ -40,64 +48,95 @@ class Sink:
         """Flush and release; a video file is playable afterwards."""
 
 
-def _write_image(path: str, image: np.ndarray) -> None:
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    if not cv2.imwrite(path, image):
-        raise OSError(f"could not write {path}")
+class _FileSink(Sink):
+    """A sink that writes files: never over one of the run's inputs (``protected``: their real paths)."""
 
-
-class ImageFileSink(Sink):
     enabled = True
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, protected: FrozenSet[str]) -> None:
+        self.protected = protected
+
+    def _write_image(self, path: str, image: np.ndarray) -> None:
+        if os.path.realpath(path) in self.protected:  # the check before the run covers this; a safety net
+            raise OSError(f"{path} is one of the inputs: not written over")
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        if not cv2.imwrite(path, image):
+            raise OSError(f"could not write {path}")
+
+
+class ImageFileSink(_FileSink):
+    def __init__(self, path: str, protected: FrozenSet[str]) -> None:
+        super().__init__(protected)
         self.path, self.description = path, f"image {path}"
 
+    def planned(self, names: Sequence[Tuple[int, str]]) -> List[str]:
+        return [self.path]
+
     def write(self, frame: Frame, image: np.ndarray, result: Dict[str, Any]) -> None:
-        _write_image(self.path, image)
+        self._write_image(self.path, image)
 
 
-class FolderSink(Sink):
-    enabled = True
+class FolderSink(_FileSink):
+    """Annotated copies in a folder that mirrors the input's layout; two inputs that would land on one
+    name (scan.png and scan.webp) get scan.png and scan-2.png."""
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, protected: FrozenSet[str]) -> None:
+        super().__init__(protected)
         self.folder, self.description = folder, f"folder {folder}"
+        self.taken: Set[str] = set()
 
-    def write(self, frame: Frame, image: np.ndarray, result: Dict[str, Any]) -> None:
-        stem, extension = os.path.splitext(frame.name)
+    @staticmethod
+    def _name(name: str, taken: Set[str]) -> str:
+        stem, extension = os.path.splitext(name)
         if extension.lower() not in WRITABLE_IMAGES:
             extension = ".png"
-        _write_image(os.path.join(self.folder, stem + extension), image)
+        candidate, number = stem + extension, 2
+        while candidate in taken:
+            candidate, number = f"{stem}-{number}{extension}", number + 1
+        taken.add(candidate)
+        return candidate
+
+    def planned(self, names: Sequence[Tuple[int, str]]) -> List[str]:
+        taken: Set[str] = set()
+        return [os.path.join(self.folder, self._name(name, taken)) for _, name in names]
+
+    def write(self, frame: Frame, image: np.ndarray, result: Dict[str, Any]) -> None:
+        self._write_image(os.path.join(self.folder, self._name(frame.name, self.taken)), image)
 
 
-class PatternSink(Sink):
+class PatternSink(_FileSink):
     """``out_%04d.jpg``: one file per frame, numbered from 0."""
 
-    enabled = True
-
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, protected: FrozenSet[str]) -> None:
+        super().__init__(protected)
         try:
             pattern % 0
         except (TypeError, ValueError):
             raise SinkError(f"output pattern {pattern} needs one integer field such as %04d") from None
         self.pattern, self.description = pattern, f"files {pattern}"
 
+    def planned(self, names: Sequence[Tuple[int, str]]) -> List[str]:
+        return [self.pattern % index for index, _ in names]
+
     def write(self, frame: Frame, image: np.ndarray, result: Dict[str, Any]) -> None:
-        _write_image(self.pattern % frame.index, image)
+        self._write_image(self.pattern % frame.index, image)
 
 
-class VideoFileSink(Sink):
+class VideoFileSink(_FileSink):
     """Frames into a video file, opened at the first frame's size; close() finalises it."""
 
-    enabled = True
-
-    def __init__(self, path: str, fps: float) -> None:
+    def __init__(self, path: str, fps: float, protected: FrozenSet[str]) -> None:
+        super().__init__(protected)
         self.path, self.fps = path, fps or 25.0
         self.codec = _VIDEO_CODECS[os.path.splitext(path)[1].lower()]
         self.writer: Optional[cv2.VideoWriter] = None
         self.size = (0, 0)
         self.description = f"video {path} ({self.codec}, {self.fps:g} fps)"
+
+    def planned(self, names: Sequence[Tuple[int, str]]) -> List[str]:
+        return [self.path]
 
     def write(self, frame: Frame, image: np.ndarray, result: Dict[str, Any]) -> None:
         if self.writer is None:
@@ -141,14 +180,20 @@ class DisplaySink(Sink):
 class WebSink(Sink):
     enabled = True
 
-    def __init__(self, output: str, linger: float) -> None:
+    def __init__(self, output: str, linger: float, token: str = TOKEN_AUTO) -> None:
         host, port = parse_web_address(output)
-        self.view = WebView(host, port)
+        self.view = WebView(host, port, token)
         self.linger = linger
-        everywhere = host == "0.0.0.0"
-        self.description = (f"web view http://{'localhost' if everywhere else host}:{self.view.port}/"
-                            + (" (all interfaces)" if everywhere else ""))
+        everywhere = is_every_interface(host)
+        shown = socket.gethostname() if everywhere else host
+        query = f"?token={self.view.token}" if self.view.token else ""
+        self.description = f"web view http://{shown}:{self.view.port}/{query}" + (" (all interfaces)" if everywhere else "")
         print(f"classify:  {self.description}", flush=True)
+        if not is_loopback(host):
+            exposure = ("with the access token in this URL" if self.view.token
+                        else "WITHOUT an access token (--web-token none)")
+            print(f"classify:  warning: the web view shows patient images to the network on {host}, {exposure}",
+                  file=sys.stderr, flush=True)
 
     def write(self, frame: Frame, image: np.ndarray, result: Dict[str, Any]) -> None:
         scale = _WEB_MAX_SIDE / max(image.shape[:2])
@@ -174,29 +219,43 @@ class WebSink(Sink):
         self.view.close()
 
 
-def open_sink(output: Optional[str], single_image: bool, fps: float, linger: float = -1) -> Sink:
-    """The sink for OUTPUT; ``single_image`` says whether the input is exactly one image."""
+def output_folder(output: Optional[str]) -> Optional[str]:
+    """The folder OUTPUT names, when it names one (no scheme, and no video, image or pattern name)."""
+    if not output or "://" in output or "%" in output:
+        return None
+    if os.path.isdir(output) or not os.path.splitext(output.lower())[1]:
+        return output
+    return None
+
+
+def open_sink(output: Optional[str], single_image: bool, fps: float, linger: float = -1,
+              protected: FrozenSet[str] = frozenset(), web_token: str = TOKEN_AUTO) -> Sink:
+    """The sink for OUTPUT; ``single_image`` says whether the input is exactly one image; ``protected``
+    the real paths of the input files, which no output may replace. A file output is checked writable."""
     if not output:
         return Sink()
     lowered = output.lower()
     if lowered.startswith("display://"):
         return DisplaySink(output)
     if lowered.startswith("http://"):
-        return WebSink(output, linger)
+        return WebSink(output, linger, web_token)
     if "://" in output:
         raise SinkError(f"unknown output {output}; use a file, folder, pattern like out_%04d.jpg, video .mp4, "
                         "display://0 or http://@:PORT")
+    folder = output_folder(output)
+    if folder is not None:
+        check_writable(folder, "output folder", is_folder=True)
+        return FolderSink(folder, protected)
     extension = os.path.splitext(lowered)[1]
-    if extension in _VIDEO_CODECS:
-        return VideoFileSink(output, fps)
-    if "%" in output:
-        return PatternSink(output)
-    if extension in WRITABLE_IMAGES and not os.path.isdir(output):
-        if not single_image:
-            raise SinkError(f"output {output} is one file but the input has several images or frames; give a "
-                            "folder, a pattern such as out_%04d.jpg, or a video file")
-        return ImageFileSink(output)
-    if extension and not os.path.isdir(output):
+    if extension not in _VIDEO_CODECS and "%" not in output and extension not in WRITABLE_IMAGES:
         raise SinkError(f"cannot write {output}: use {', '.join(sorted(WRITABLE_IMAGES))}, a folder, or a video "
                         f"({', '.join(sorted(_VIDEO_CODECS))})")
-    return FolderSink(output)
+    check_writable(output, "output")
+    if extension in _VIDEO_CODECS:
+        return VideoFileSink(output, fps, protected)
+    if "%" in output:
+        return PatternSink(output, protected)
+    if not single_image:
+        raise SinkError(f"output {output} is one file but the input has several images or frames; give a "
+                        "folder, a pattern such as out_%04d.jpg, or a video file")
+    return ImageFileSink(output, protected)

@@ -7,6 +7,7 @@ every source. A new kind of input is one class here and one entry in ``SOURCES``
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Iterator, List, Optional, Tuple
 
@@ -38,6 +39,12 @@ class Source(Protocol):
     def origin(self, job: Any) -> str:
         """Where a job comes from, for results and error messages."""
 
+    def files(self) -> List[str]:
+        """The input files, which no output may replace."""
+
+    def names(self) -> List[Tuple[int, str]]:
+        """(index, name) of every frame known before the run: what a sink plans to write from."""
+
     def load(self, job: Any, decode_min_side: int) -> Frame:
         """Decode one job; raises ImageDecodeError or OSError for a bad file."""
 
@@ -49,9 +56,9 @@ class ImageFileSource:
     live = False
     fps = 0.0
 
-    def __init__(self, spec: str, options: CaptureOptions) -> None:  # noqa: ARG002 (files need no capture options)
+    def __init__(self, spec: str, options: CaptureOptions, exclude: Optional[str] = None) -> None:  # noqa: ARG002
         path = spec[len("file://"):] if spec.startswith("file://") else spec
-        self.images, self.skipped = expand_input(path)
+        self.images, self.skipped = expand_input(path, exclude)
         self.frame_count: Optional[int] = len(self.images)
         self.description = f"{len(self.images)} image(s) from {path}"
         self.corrupt = self.reconnects = 0
@@ -67,6 +74,13 @@ class ImageFileSource:
     def origin(job: Tuple[int, InputImage]) -> str:
         return job[1].path
 
+    def files(self) -> List[str]:
+        """The input files (read, never written)."""
+        return [image.path for image in self.images]
+
+    def names(self) -> List[Tuple[int, str]]:
+        return [(index, image.relpath) for index, image in enumerate(self.images)]
+
     @staticmethod
     def load(job: Tuple[int, InputImage], decode_min_side: int) -> Frame:
         index, image = job
@@ -81,8 +95,9 @@ class ImageFileSource:
 
 
 class VideoFrameSource:
-    def __init__(self, uri: str, options: CaptureOptions) -> None:
+    def __init__(self, uri: str, options: CaptureOptions, exclude: Optional[str] = None) -> None:  # noqa: ARG002
         self.video = VideoSource(uri, options)
+        self.uri = uri
         self.live, self.description, self.fps = self.video.live, self.video.description, self.video.fps
         self.frame_count = self.video.frame_count
         self.skipped: List[str] = []
@@ -105,6 +120,13 @@ class VideoFrameSource:
     def origin(self, job) -> str:
         return f"{self.description} frame {job[0]}"
 
+    def files(self) -> List[str]:
+        path = self.uri[len("file://"):] if self.uri.startswith("file://") else self.uri
+        return [path] if os.path.isfile(path) else []
+
+    def names(self) -> List[Tuple[int, str]]:
+        return []  # frames are not known before they come
+
     def load(self, job, decode_min_side: int) -> Frame:  # noqa: ARG002 (frames arrive decoded)
         index, bgr, capture_ms = job
         return Frame(index, f"frame_{index:06d}.jpg", self.origin(job), bgr, to_grey(bgr, self.description),
@@ -118,11 +140,11 @@ class VideoFrameSource:
 SOURCES = (VideoFrameSource, ImageFileSource)
 
 
-def open_source(spec: str, options: CaptureOptions) -> Source:
-    """The Source for the runner's INPUT."""
+def open_source(spec: str, options: CaptureOptions, exclude: Optional[str] = None) -> Source:
+    """The Source for the runner's INPUT; ``exclude``: a folder never read (the output folder)."""
     if "://" in spec and not spec.lower().startswith(KNOWN_SCHEMES):
         scheme = spec.split("://", 1)[0]
         raise InputError(f"unknown input scheme {scheme}://; use a file, folder, glob, video, /dev/videoN, "
                          "v4l2:///dev/videoN, csi://N or rtsp://...")
     kind = next(source for source in SOURCES if source.accepts(spec))
-    return kind(spec, options)
+    return kind(spec, options, exclude)

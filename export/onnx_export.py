@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from cxr_jetson.core.cli import add_bool_flag, run_cli
-from cxr_jetson.core.files import atomic_path, sha256_file
+from cxr_jetson.core.files import atomic_path, check_writable, sha256_file
 from cxr_jetson.core.model_files import in_model_dir
 from cxr_jetson.core.model_info import ModelInfo
 from cxr_jetson.core.names import BEST_CHECKPOINT, CAM_NAME, INPUT_NAME, OUTPUT_NAME, TOOLKIT, TOOLKIT_VERSION
@@ -122,6 +122,7 @@ def export_onnx(options: ExportOptions) -> str:
     info, wrapped, outputs = deployed.info, deployed.network, deployed.outputs
     output = in_model_dir(options.model_dir or os.path.dirname(checkpoint_path),
                           options.output or f"{checkpoint['arch']}.onnx")
+    check_writable(output, "--output")  # before the export and its verification, not after
     with atomic_path(output) as temporary:
         graph = export_graph(wrapped, info.spec.resolution, temporary, options.opset, options.dynamic_batch, outputs)
         write_metadata(graph, temporary, info)

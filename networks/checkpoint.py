@@ -70,14 +70,25 @@ def copy_atomic(source: str, destination: str) -> None:
             shutil.copyfile(source, temporary)
 
 
+# torch.save writes a zip archive; files from before PyTorch 1.6 (and jetson-inference's oldest) are a
+# bare pickle, which starts with the PROTO opcode.
+_CHECKPOINT_STARTS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
 def load_checkpoint_file(path: str) -> Any:
     """``torch.load`` with ``weights_only=True`` and one-line errors; tensors always land on the CPU."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} not found")
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    if not start.startswith(_CHECKPOINT_STARTS):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (corrupt, or another kind of file)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        detail = str(err).split("\n")[0][:160]
+        # torch's message is a paragraph; the line naming what was refused is the useful one
+        lines = str(err).splitlines()
+        detail = next((line.strip() for line in lines if "nsupported" in line), lines[0] if lines else "")[:160]
         raise CheckpointError(f"refusing to load {path}: it holds Python objects other than tensors and "
                               f"plain containers, which could run code ({detail})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:

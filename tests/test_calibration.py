@@ -11,11 +11,13 @@ import torchvision
 
 from cxr_jetson.networks.checkpoint import load_checkpoint
 from cxr_jetson.train.calibration import (
+    MAX_TEMPERATURE,
     expected_calibration_error,
     fit_temperature,
     fold_temperature,
     rescale,
     rescale_threshold,
+    usable_temperature,
 )
 
 
@@ -37,6 +39,16 @@ def test_fitted_temperature_recovers_the_overconfidence_and_lowers_the_calibrati
         expected_calibration_error(reported, targets) / 2
 
 
+def test_a_model_that_knows_nothing_fits_an_unbounded_temperature_and_gets_the_cap():
+    rng = np.random.default_rng(1)
+    scores = 0.5 + rng.normal(0.0, 0.02, 400)  # a near-constant, uninformative positive-class probability
+    probabilities = np.stack([1 - scores, scores], 1)
+    fitted = fit_temperature(probabilities, rng.integers(0, 2, 400))
+    assert fitted > MAX_TEMPERATURE
+    assert usable_temperature(fitted) == MAX_TEMPERATURE
+    assert usable_temperature(0.3) == 1.0 and usable_temperature(2.5) == 2.5  # never sharpened
+
+
 def test_folding_divides_the_logits_and_the_threshold_keeps_every_decision():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=2).eval()
@@ -56,7 +68,7 @@ def test_folding_divides_the_logits_and_the_threshold_keeps_every_decision():
 def test_training_calibrates_model_best_once(trained_model_dir):
     best = load_checkpoint(os.path.join(trained_model_dir, "model_best.pth.tar"))
     record = best["calibration"]
-    assert record["temperature"] == max(1.0, record["fitted"]) and record["images"] > 0  # never sharpened
+    assert record["temperature"] == usable_temperature(record["fitted"]) and record["images"] > 0
     assert 0.0 <= record["ece_after"] <= 1.0
     assert "calibration" not in load_checkpoint(os.path.join(trained_model_dir, "checkpoint.pth.tar"))
     # the evaluation after calibration makes the decisions validation made before it

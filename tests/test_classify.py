@@ -56,7 +56,7 @@ def test_folder_with_bad_files_classifies_the_rest_and_reports_them(mixed_folder
         assert annotated.shape[:2] == original.shape[:2]
         assert rows[name]["label"] in ("NORMAL", "PNEUMONIA")
         assert float(rows[name]["p_NORMAL"]) + float(rows[name]["p_PNEUMONIA"]) == pytest.approx(1, abs=1e-5)
-    assert "classified 4 image(s), 3 failed, 1 non-image file(s) skipped" in result.stdout
+    assert "classified 4 image(s), 3 failed, 1 file(s) passed over (not images, or not regular files)" in result.stdout
     assert result.stdout.count("classify:  ") == 4
 
 

@@ -76,6 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", default=DEFAULTS.resume, metavar="PATH",
                         help="checkpoint (or model dir) to resume from: model, optimizer, scheduler, epoch, "
                              "RNG state and best metric are restored")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in a --model-dir that already holds a trained model, replacing it "
+                             "(without it, such a run is refused: --resume continues it)")
     parser.add_argument("-e", "--evaluate", action="store_true",
                         help="only evaluate a checkpoint (--resume, default MODEL_DIR/model_best.pth.tar) on --split")
     parser.add_argument("--split", default=DEFAULTS.split,

@@ -23,6 +23,11 @@ from cxr_jetson.train.dataset import CachedSplit
 from cxr_jetson.train.loop import predict_probabilities
 
 ECE_BINS = 15
+# A model whose confidence carries almost no information on validation fits T -> infinity: every logit
+# divided down to within float (and, in an FP16 engine, half-float) resolution of the others, and the
+# ranking, the threshold and the decisions lost to rounding. Ten keeps a logit gap of 0.01 above FP16's
+# resolution while already flattening a 99.99% call to about 72%.
+MAX_TEMPERATURE = 10.0
 
 
 def _log_probabilities(probabilities: np.ndarray) -> torch.Tensor:
@@ -44,6 +49,13 @@ def fit_temperature(probabilities: np.ndarray, targets: np.ndarray) -> float:
 
     optimizer.step(closure)
     return float(log_t.detach().exp())
+
+
+def usable_temperature(fitted: float) -> float:
+    """The temperature folded into the model: never below 1, because validation is the over-confident
+    side of any shift and, with no mistakes on it, the likelihood keeps rising as T shrinks towards 0;
+    never above MAX_TEMPERATURE."""
+    return min(max(1.0, fitted), MAX_TEMPERATURE)
 
 
 def rescale(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -94,9 +106,10 @@ def calibrate_best(checkpoint: Dict[str, Any], model: nn.Module, val_splits: Lis
                                                           f"calibrate on {split.name}") for split in val_splits])
     targets = np.concatenate([split.labels.numpy() for split in val_splits])
     fitted = fit_temperature(probabilities, targets)
-    # Never sharpen: validation is the over-confident side of any shift, and with no mistakes on it the
-    # likelihood keeps rising as T shrinks towards 0.
-    temperature = max(1.0, fitted)
+    temperature = usable_temperature(fitted)
+    if fitted > MAX_TEMPERATURE:
+        print(f"=> warning: validation fits a temperature of {fitted:.3g}: the model's confidence says little about "
+              f"its accuracy there; capped at {MAX_TEMPERATURE:g} so that rounding keeps its ranking and decisions")
     fold_temperature(model, temperature)
     threshold = checkpoint.get("threshold")
     checkpoint.update(state_dict=model.state_dict(), threshold=rescale_threshold(threshold, temperature),

@@ -55,6 +55,7 @@ class TrainConfig:
     train_last: Optional[int] = None
     print_freq: int = 10
     resume: str = ""
+    overwrite: bool = False                # a new run may replace a trained model in model_dir
     evaluate: bool = False
     split: str = "val"
     pretrained: bool = True

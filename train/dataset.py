@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from cxr_jetson.core.errors import ImageDecodeError, ToolkitError
-from cxr_jetson.core.image_files import is_image_name
+from cxr_jetson.core.image_files import is_image_name, is_regular_file
 from cxr_jetson.core.preprocess import PreprocessSpec, load_for_network
 
 
@@ -43,7 +43,8 @@ def list_images(split_dir: str, classes: List[str]) -> List[Tuple[str, int]]:
         found = []
         for root, dirs, files in os.walk(class_dir, followlinks=True):
             dirs.sort()
-            found.extend(os.path.join(root, f) for f in sorted(files) if is_image_name(f) and not f.startswith("."))
+            found.extend(os.path.join(root, f) for f in sorted(files)
+                         if is_image_name(f) and not f.startswith(".") and is_regular_file(os.path.join(root, f)))
         if not found:
             raise DataError(f"class folder {class_dir} has no images; every class needs examples "
                             "(an empty class is never learned)")

@@ -24,7 +24,7 @@ import torch.nn as nn
 from cxr_jetson.core.cli import run_cli
 from cxr_jetson.core.decision import class_to_record, positive_index
 from cxr_jetson.core.errors import ToolkitError
-from cxr_jetson.core.files import sha256_file
+from cxr_jetson.core.files import check_writable, sha256_file
 from cxr_jetson.core.labels import write_labels
 from cxr_jetson.core.names import BEST_CHECKPOINT, LABELS_FILE, LAST_CHECKPOINT
 from cxr_jetson.core.preprocess import PreprocessSpec
@@ -106,6 +106,15 @@ def _build(config: TrainConfig, resume: Optional[Dict[str, Any]], classes: List[
     return model
 
 
+def _check_model_dir(config: TrainConfig) -> None:
+    """Before any work: the model folder can be written, and a new run never silently replaces a trained model."""
+    check_writable(config.model_dir, "--model-dir", is_folder=True)
+    trained = os.path.join(config.model_dir, BEST_CHECKPOINT)
+    if not config.resume and not config.overwrite and os.path.isfile(trained):
+        raise ToolkitError(f"{config.model_dir} already holds a trained model ({BEST_CHECKPOINT}): continue it with "
+                           f"--resume {config.model_dir}, replace it with --overwrite, or pick another --model-dir")
+
+
 def _resume_path(path: str) -> str:
     return os.path.join(path, LAST_CHECKPOINT) if os.path.isdir(path) else path
 
@@ -117,6 +126,7 @@ def _setup(config: TrainConfig, ddp: Distributed) -> _Session:
               f"global batch {ddp.world_size} x {config.batch_size} = {ddp.world_size * config.batch_size}")
     amp_dtype = select_amp(config.amp, ddp.device)
     parse_policy(config.threshold_policy)
+    _check_model_dir(config)
     resume = load_checkpoint(_resume_path(config.resume)) if config.resume else None
     start = resume["epoch"] + 1 if resume is not None else 0
     if config.start_epoch is not None and config.start_epoch != start:

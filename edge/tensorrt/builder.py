@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import onnx
 
 from cxr_jetson.core.errors import ToolkitError
-from cxr_jetson.core.files import atomic_path, sha256_file
+from cxr_jetson.core.files import atomic_path, check_writable, sha256_file
 from cxr_jetson.core.model_info import ModelInfo
 from cxr_jetson.core.names import FLOAT32_SCOPE, INPUT_NAME, OUTPUT_NAME, PRECISIONS
 from cxr_jetson.edge.tensorrt.api import TensorRT, load_tensorrt
@@ -224,12 +224,15 @@ def build_engine(onnx_path: str, options: BuildOptions, trt: Optional[TensorRT] 
     options = dataclasses.replace(
         options, timing_cache=options.timing_cache or _default_timing_cache(trt, gpu),
         calibration_cache=options.calibration_cache or os.path.splitext(onnx_path)[0] + ".int8.calibration")
+    engine_path = engine_path_for(onnx_path, options.precision, options.max_batch)
+    check_writable(engine_path, "engine")  # before a build that can take minutes, not after it
+    if options.timing_cache and not trt.is_rtx:
+        check_writable(options.timing_cache, "timing cache")
     onnx_bytes, metadata = _onnx_for_build(onnx_path, trt, options.precision)
     engine_builder = EngineBuilder(trt, options, gpu)
     network, shape = engine_builder.create_network(onnx_bytes, onnx_path)
     spec = ModelInfo.from_metadata(metadata).spec
     engine, batch, targets, seconds = engine_builder.create_engine(network, shape, spec)
-    engine_path = engine_path_for(onnx_path, options.precision, options.max_batch)
     with atomic_path(engine_path) as temporary, open(temporary, "wb") as handle:
         handle.write(engine)
     EngineRecord(
