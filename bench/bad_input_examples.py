@@ -28,6 +28,7 @@ from cxr_jetson.core.cli import run_cli
 from cxr_jetson.data.synthetic import generate
 from cxr_jetson.train.report import write_json
 from tests import bad_files
+from tests.conftest import ctrl_c_reaches_it
 from tests.test_bad_inputs import _bad_crc_zip, _without_softmax
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +49,9 @@ class Checkout:
         self.env = dict(os.environ, PYTHONPATH=self.root, PYTHONUNBUFFERED="1")
 
     def popen(self, args: List[str], **kwargs: Any) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable] + args, cwd=self.root, env=self.env, text=True, **kwargs)
+        # the project's own entry scripts under this interpreter, with arguments this script makes
+        return subprocess.Popen([sys.executable] + args, cwd=self.root, env=self.env, text=True,  # noqa: S603
+                                preexec_fn=ctrl_c_reaches_it, **kwargs)
 
     def run(self, args: List[str], timeout: float = 300) -> Row:
         process = self.popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -297,8 +300,9 @@ def main(args: argparse.Namespace) -> int:
             text = json.dumps({"example": name, **example()}).replace(work, "SCRATCH").replace(args.work, "INPUTS")
             print(text, flush=True)
             rows.append(json.loads(text))
-    commit = subprocess.run(["git", "-C", checkout.root, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    # git from PATH, as a developer runs it, with fixed arguments: which commit the rows describe
+    commit = subprocess.run(["git", "-C", checkout.root, "rev-parse", "--short", "HEAD"],  # noqa: S603, S607
+                            capture_output=True, text=True).stdout.strip()
     existing = json.load(open(args.output)) if os.path.isfile(args.output) else {}
     existing[args.tag] = {"commit": commit or "unknown", "rows": rows}
     write_json(args.output, existing)

@@ -24,7 +24,7 @@ from onnx import numpy_helper
 
 from cxr_jetson.data.synthetic import generate, synthetic_xray
 from tests import bad_files
-from tests.conftest import REPO, train_args
+from tests.conftest import REPO, ctrl_c_reaches_it, train_args
 from tests.forked_cli import Finished, run_forked
 
 UNWRITABLE = "/proc/cxr-jetson-test"  # the kernel refuses new files here, even to root
@@ -352,6 +352,7 @@ def test_stopping_a_folder_run_keeps_every_result_so_far(sig, status, exported_o
     out = tmp_path / "out"
     command = [sys.executable, os.path.join(REPO, "classify.py"), folder, str(out), "--model", exported_onnx]
     process = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1"),
+                               preexec_fn=ctrl_c_reaches_it,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     printed = []
     for line in process.stdout:

@@ -25,7 +25,7 @@ from cxr_jetson.edge.video_source import CaptureOptions, VideoSource, VideoSourc
 from cxr_jetson.train.args import get_args_parser as train_parser
 from cxr_jetson.train.main import main as train_main
 from tests.browser import NO_BROWSER, browser_command, chromium, rendered_dom
-from tests.conftest import REPO, run_script
+from tests.conftest import REPO, ctrl_c_reaches_it, run_script
 
 FRAMES = 12
 ARTIFACTS = os.path.join(REPO, "test-artifacts")
@@ -104,6 +104,7 @@ def test_ctrl_c_finalises_the_video_and_prints_a_summary(xray_video, exported_on
     command = [sys.executable, os.path.join(REPO, "classify.py"), xray_video, str(out), "--model", exported_onnx,
                "--input-loop", "-1", "-q"]
     process = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1"),
+                               preexec_fn=ctrl_c_reaches_it,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started = []
     for line in process.stdout:  # the pipeline starts once the output is announced
@@ -161,7 +162,8 @@ def test_web_view_in_headless_chromium(xray_video, exported_onnx, tmp_path):
     port = _free_port()
     command = [sys.executable, os.path.join(REPO, "classify.py"), xray_video, f"http://127.0.0.1:{port}",
                "--model", exported_onnx, "--input-loop", "-1", "-q"]
-    process = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE,
+    process = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), preexec_fn=ctrl_c_reaches_it,
+                               stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
