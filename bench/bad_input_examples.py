@@ -28,8 +28,7 @@ from cxr_jetson.core.cli import run_cli
 from cxr_jetson.data.synthetic import generate
 from cxr_jetson.train.report import write_json
 from tests import bad_files
-from tests.conftest import ctrl_c_reaches_it
-from tests.test_bad_inputs import _bad_crc_zip, _without_softmax
+from tests.forked_cli import ctrl_c_reaches_it, peak_memory, with_peak_memory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COUNTS = {"train/NORMAL": 24, "train/PNEUMONIA": 24, "val/NORMAL": 4, "val/PNEUMONIA": 4,
@@ -37,8 +36,6 @@ COUNTS = {"train/NORMAL": 24, "train/PNEUMONIA": 24, "val/NORMAL": 4, "val/PNEUM
 TRAIN = ["--resolution", "64", "--no-pretrained", "--epochs", "1", "--print-freq", "0", "--batch-size", "8"]
 Row = Dict[str, Any]
 _TOLD = ("error", "warning", "failed:", "skipped:")  # the lines that tell the user what went wrong
-_PEAK_OF_CHILD = ("import resource, subprocess, sys; status = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL, "
-                  "stderr=subprocess.DEVNULL); print(status, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
 
 
 class Checkout:
@@ -163,11 +160,10 @@ class Examples:
     def png_bomb(self) -> Row:
         bomb = self.path("bomb.png")
         bad_files.png_bomb(bomb, 30000)
-        # Measured from a small go-between: a child's peak resident size starts from its parent's at fork.
-        process = self.checkout.popen(["-c", _PEAK_OF_CHILD, sys.executable] + self.classify + [bomb, "-q"],
-                                      stdout=subprocess.PIPE)
-        status, peak_kib = process.communicate()[0].split()
-        return {"rc": int(status), "peak MiB": round(int(peak_kib) / 1024), "file KiB": os.path.getsize(bomb) // 1024}
+        measured = with_peak_memory([sys.executable] + self.classify + [bomb, "-q"])[1:]  # popen adds the python
+        process = self.checkout.popen(measured, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        status, peak_kib = peak_memory(process.communicate()[0])
+        return {"rc": status, "peak MiB": round(peak_kib / 1024), "file KiB": os.path.getsize(bomb) // 1024}
 
     def fifo(self) -> Row:
         folder = _good_folder(self.path("fifo"))
@@ -181,7 +177,7 @@ class Examples:
 
     def logits_model(self) -> Row:
         os.makedirs(self.path("logits"), exist_ok=True)
-        logits = _without_softmax(self.model, self.path("logits", "resnet18.onnx"), 1000.0)
+        logits = bad_files.model_without_softmax(self.model, self.path("logits", "resnet18.onnx"), 1000.0)
         return self.checkout.run(["classify.py", "--model", logits, _good_folder(self.path("lab")) + "/b.png"])
 
     def one_pixel(self) -> Row:
@@ -222,7 +218,7 @@ class Examples:
         return {**row, "seconds": round(time.time() - start, 1)}
 
     def bad_crc_zip(self) -> Row:
-        archive = _bad_crc_zip(self.download, self.path("bad.zip"))
+        archive = bad_files.zip_with_bad_crc(self.download, self.path("bad.zip"))
         row = self.checkout.run(["-m", "data.prepare", archive, "-o", self.path("imp3"), "--val-fraction", "0.25"])
         report = self.path("imp3", "prepare_report.json")
         excluded = json.load(open(report))["excluded"] if os.path.isfile(report) else []

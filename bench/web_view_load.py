@@ -68,9 +68,10 @@ class _ThreadPerConnection(ThreadingHTTPServer):
 
 def _view_with_baseline_server(view: WebView) -> None:
     """Swap the view's server for the baseline: the same handler, a thread per connection."""
+    handler = view.server.RequestHandlerClass
     view.server.shutdown()
     view.server.server_close()
-    view.server = _ThreadPerConnection((HOST, 0), view._handler())
+    view.server = _ThreadPerConnection((HOST, 0), handler)
     view.port = view.server.server_address[1]
     view.thread = threading.Thread(target=view.server.serve_forever, daemon=True)
     view.thread.start()

@@ -6,6 +6,7 @@ comes through here, so "readable image" means the same thing everywhere.
 from __future__ import annotations
 
 import os
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
@@ -55,8 +56,12 @@ def _jpeg_is_complete(data: bytes) -> bool:
 
 def jpeg_reduction(data: bytes, min_side: int) -> int:
     """The DCT scale-down factor (1, 2, 4 or 8) ``decode_grey`` uses for these bytes."""
-    size = jpeg_size(data) if min_side > 0 and is_jpeg(data) else None
-    if size is None:
+    return _reduction(jpeg_size(data) if min_side > 0 and is_jpeg(data) else None, min_side)
+
+
+def _reduction(size: Optional[Tuple[int, int]], min_side: int) -> int:
+    """The largest DCT scale-down factor that keeps the short side of ``size`` at least ``min_side``."""
+    if size is None or min_side <= 0:
         return 1
     short_side = min(size)
     for factor, _ in _REDUCED_GREY_FLAGS:
@@ -82,7 +87,8 @@ def decode_grey(data: bytes, name: str = "<bytes>", min_side: int = 0) -> np.nda
         if is_jpeg(data):
             if not _jpeg_is_complete(data):
                 raise ImageDecodeError(f"{name} is a truncated JPEG (no end-of-image marker)")
-            flag = dict(_REDUCED_GREY_FLAGS).get(jpeg_reduction(data, min_side), cv2.IMREAD_GRAYSCALE)
+            # the header was read once, above: its size decides the scale
+            flag = dict(_REDUCED_GREY_FLAGS).get(_reduction(claimed, min_side), cv2.IMREAD_GRAYSCALE)
             image = cv2.imdecode(buffer, flag)
         else:
             image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)

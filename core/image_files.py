@@ -97,7 +97,7 @@ def expand_input(spec: str, exclude: Optional[str] = None) -> Tuple[List[InputIm
     """
     if os.path.isdir(spec):
         images, skipped = _walk_folder(spec, exclude)
-    elif os.path.isfile(spec) and is_regular_file(spec):
+    elif os.path.isfile(spec):  # a regular file (or a link to one)
         images, skipped = [InputImage(spec, os.path.basename(spec))], []
     elif os.path.exists(spec):
         raise InputError(f"input {spec} is {special_file_kind(spec)}, not a regular file: not read")

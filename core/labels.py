@@ -38,5 +38,6 @@ def write_labels(path: str, labels: List[str]) -> None:
 
 def check_label_count(labels: List[str], num_outputs: int, source: str) -> None:
     if len(labels) != num_outputs:
-        raise LabelsError(f"{source} lists {len(labels)} class{'' if len(labels) == 1 else 'es'} but the model outputs {num_outputs}; "
+        classes = "1 class" if len(labels) == 1 else f"{len(labels)} classes"
+        raise LabelsError(f"{source} lists {classes} but the model outputs {num_outputs}; "
                           "use the labels.txt written beside the model")

@@ -26,27 +26,28 @@ from cxr_jetson.edge.backends import Backend, BackendOptions, open_backend
 _PROBABILITY_TOLERANCE = 2e-3
 
 
-def _own_labels(info: ModelInfo, model_file: str, num_classes: int) -> Tuple[List[str], str]:
-    """The model's own class names, and where they come from: its metadata, else labels.txt beside it."""
+def _own_labels(info: ModelInfo, model_file: str, num_classes: int) -> Tuple[List[str], Optional[str]]:
+    """The model's own class names, and where they come from (its metadata, else labels.txt beside it;
+    None: the model names no classes, and "class #N" stands in)."""
     beside = os.path.join(os.path.dirname(model_file), LABELS_FILE)
     if info.labels:
         labels, source = list(info.labels), f"the labels embedded in {model_file}"
     elif os.path.isfile(beside):
         labels, source = read_labels(beside), beside
     else:
-        return [f"class #{index}" for index in range(num_classes)], "no labels"
+        return [f"class #{index}" for index in range(num_classes)], None
     check_label_count(labels, num_classes, source)
     return labels, source
 
 
-def _shown_labels(labels_path: Optional[str], own: List[str], own_source: str, num_classes: int,
+def _shown_labels(labels_path: Optional[str], own: List[str], own_source: Optional[str], num_classes: int,
                   relabel: bool) -> List[str]:
     """The names drawn and written: the model's own, or --labels when they are the same or --relabel says so."""
     if not labels_path:
         return own
     given = read_labels(labels_path)
     check_label_count(given, num_classes, labels_path)
-    if given != own and own_source != "no labels":
+    if given != own and own_source is not None:
         if not relabel:
             raise LabelsError(f"{labels_path} lists {given}, but the model's classes are {own} (from {own_source}): "
                               "the names and their order decide which probability is which class's; pass --relabel "
@@ -69,7 +70,7 @@ class DeployedModel:
                                f"says {self.spec.resolution}px; re-export the model")
         own, own_source = _own_labels(info, self.model_file, self.backend.num_classes)
         self.labels = _shown_labels(labels, own, own_source, self.backend.num_classes, relabel)
-        if own_source == "no labels":  # a model that names no classes takes the names it is given
+        if own_source is None:  # a model that names no classes takes the names it is given
             own = self.labels
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ToolkitError(f"--threshold {threshold} is outside 0..1")

@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover
 from cxr_jetson.core.decode import decode_grey, read_bytes, to_grey
 from cxr_jetson.core.image_files import InputError, InputImage, expand_input
 from cxr_jetson.edge.frames import Frame
-from cxr_jetson.edge.video_source import STREAM_SCHEMES, CaptureOptions, VideoSource, is_video_uri
+from cxr_jetson.edge.video_source import STREAM_SCHEMES, CaptureOptions, VideoSource, is_video_uri, local_path
 
 KNOWN_SCHEMES = ("file://", "csi://", "v4l2://") + STREAM_SCHEMES
 
@@ -57,7 +57,7 @@ class ImageFileSource:
     fps = 0.0
 
     def __init__(self, spec: str, options: CaptureOptions, exclude: Optional[str] = None) -> None:  # noqa: ARG002
-        path = spec[len("file://"):] if spec.startswith("file://") else spec
+        path = local_path(spec)
         self.images, self.skipped = expand_input(path, exclude)
         self.frame_count: Optional[int] = len(self.images)
         self.description = f"{len(self.images)} image(s) from {path}"
@@ -121,7 +121,7 @@ class VideoFrameSource:
         return f"{self.description} frame {job[0]}"
 
     def files(self) -> List[str]:
-        path = self.uri[len("file://"):] if self.uri.startswith("file://") else self.uri
+        path = local_path(self.uri)
         return [path] if os.path.isfile(path) else []
 
     def names(self) -> List[Tuple[int, str]]:

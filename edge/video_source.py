@@ -57,6 +57,11 @@ class CaptureOptions:
 _CSI_FLIPS = {"none": 0, "counterclockwise": 1, "rotate-180": 2, "clockwise": 3, "horizontal": 4, "vertical": 6}
 
 
+def local_path(uri: str) -> str:
+    """The file a ``file://`` URI (or a plain path) names."""
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
 def is_video_uri(text: str) -> bool:
     lowered = text.lower()
     return (lowered.startswith(("csi://", "v4l2://", "/dev/video")) or lowered.startswith(STREAM_SCHEMES)
@@ -123,7 +128,7 @@ def _target(uri: str, options: CaptureOptions) -> Tuple[object, int, bool, str]:
                                "GStreamer (JetPack's python3-opencv)")
     if uri.lower().startswith(STREAM_SCHEMES):
         return uri, cv2.CAP_FFMPEG, True, f"stream {uri.split('@')[-1]}"
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    path = local_path(uri)
     if not os.path.isfile(path):
         raise VideoSourceError(f"video {path} does not exist")
     return path, cv2.CAP_ANY, False, f"video {path}"

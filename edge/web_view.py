@@ -116,7 +116,8 @@ class WebView:
         self.counters = {"frames": 0, "positives": 0, "failures": 0}
         self.closed = False
         try:
-            self.server = PooledHTTPServer((host, port), self._handler(), workers)
+            handler = type("Handler", (_ViewHandler,), {"view": self})  # this view's requests
+            self.server = PooledHTTPServer((host, port), handler, workers)
         except OSError as err:
             reason = "is already in use" if err.errno == errno.EADDRINUSE else f"cannot be opened ({err.strerror})"
             raise ToolkitError(f"web view port {port} on {host} {reason}; pick another, e.g. http://@:8081") from None
@@ -155,9 +156,6 @@ class WebView:
             return True, True
         cookies = dict(part.strip().split("=", 1) for part in cookie.split(";") if "=" in part)
         return hmac.compare_digest(cookies.get(_COOKIE, ""), self.token), False
-
-    def _handler(self) -> type:
-        return type("Handler", (_ViewHandler,), {"view": self})
 
     def close(self) -> None:
         with self.condition:

@@ -6,12 +6,16 @@ disk: the decompression bomb is under a megabyte and claims 400 megapixels.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
+import zipfile
 import zlib
 from typing import Callable, Dict, Tuple
 
 import cv2
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 from cxr_jetson.data.synthetic import synthetic_xray
 from tests.test_dicom import make_dicom
@@ -143,6 +147,40 @@ def dicom_colour(path: str) -> None:
 
 
 # name -> (maker, file name, words the failure line must contain; None: reported as a warning, still classified)
+
+
+def model_without_softmax(source: str, target: str, scale: float) -> str:
+    """The same network with output_0 taken before its softmax (logits, as --no-activation exports), the
+    final layer's weights scaled by ``scale``."""
+    model = onnx.load(source)
+    graph = model.graph
+    softmax = next(node for node in graph.node if "output_0" in node.output)
+    assert softmax.op_type == "Softmax", softmax.op_type
+    gemm = next(node for node in graph.node if softmax.input[0] in node.output)
+    for weights in graph.initializer:
+        if weights.name in gemm.input[1:]:
+            weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights) * scale, weights.name))
+    gemm.output[0] = "output_0"
+    graph.node.remove(softmax)
+    onnx.save(model, target)
+    shutil.copy(os.path.join(os.path.dirname(source), "labels.txt"), os.path.join(os.path.dirname(target), "labels.txt"))
+    return target
+
+
+def zip_with_bad_crc(download: str, path: str) -> str:
+    """``download`` zipped (stored) into ``path``, one member's bytes changed so its CRC no longer matches."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for root, _, files in os.walk(download):
+            for name in files:
+                full = os.path.join(root, name)
+                archive.write(full, os.path.relpath(full, download))
+    data = bytearray(open(path, "rb").read())
+    first = data.index(b"\x89PNG") if b"\x89PNG" in data else data.index(b"\xff\xd8")
+    data[first + 200] ^= 0xFF  # a stored member's bytes no longer match its CRC
+    open(path, "wb").write(bytes(data))
+    return path
+
+
 BAD_IMAGES: Dict[str, Tuple[Callable[[str], None], str, str]] = {
     "lying JPEG header": (lying_jpeg, "liar.jpg", "60000 x 60000"),
     "PNG decompression bomb": (png_bomb, "bomb.png", "--max-pixels"),

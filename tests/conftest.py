@@ -6,7 +6,6 @@ two epochs) and reused by the tests that only read it.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from typing import List
@@ -23,13 +22,6 @@ from cxr_jetson.train.main import main as train_main
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_COUNTS = {"train": 16, "val": 2, "test": 4}
 RESOLUTION = 64
-
-
-def ctrl_c_reaches_it() -> None:
-    """``preexec_fn`` for a child that a test stops with SIGINT: Ctrl+C's default, as a terminal starts a
-    program. A test run started in the background by a shell ignores SIGINT, and its children would inherit
-    that (Python then installs no KeyboardInterrupt handler)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_script(script: str, *args: str, env: dict = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 ENTRY_POINTS = {
     "classify.py": "cxr_jetson.edge.classify",
@@ -93,3 +93,27 @@ def _resident_kb() -> int:
     """This process's resident memory: a forked child starts with all of it."""
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def ctrl_c_reaches_it() -> None:
+    """``preexec_fn`` for a child that is stopped with SIGINT: Ctrl+C's default, as a terminal starts a
+    program. A run started in the background by a shell ignores SIGINT, and its children would inherit
+    that (Python then installs no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# A small go-between that runs its arguments as a command, then prints "STATUS PEAK_KIB" as its last line:
+# a child forked straight from a large process starts its peak resident size from that process's.
+_PEAK_OF_CHILD = ("import resource, subprocess, sys; status = subprocess.call(sys.argv[1:]); "
+                  "print(status, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True)")
+
+
+def with_peak_memory(command: Sequence[str]) -> List[str]:
+    """``command`` run through the go-between; read its result with ``peak_memory``."""
+    return [sys.executable, "-c", _PEAK_OF_CHILD, *command]
+
+
+def peak_memory(stdout: str) -> Tuple[int, int]:
+    """(exit status, peak resident KiB) of a command run ``with_peak_memory``, from its stdout."""
+    status, peak_kib = stdout.splitlines()[-1].split()
+    return int(status), int(peak_kib)

@@ -13,19 +13,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import zipfile
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import numpy_helper
 
 from cxr_jetson.data.synthetic import generate, synthetic_xray
 from tests import bad_files
-from tests.conftest import REPO, ctrl_c_reaches_it, train_args
-from tests.forked_cli import Finished, run_forked
+from tests.conftest import REPO, train_args
+from tests.forked_cli import Finished, ctrl_c_reaches_it, run_forked
 
 UNWRITABLE = "/proc/cxr-jetson-test"  # the kernel refuses new files here, even to root
 GOOD = ("a.png", "b.jpg")
@@ -255,26 +252,8 @@ def test_relabel_renames_the_classes_and_keeps_the_decision(classify, tmp_path):
         assert renamed[name]["p_sick"] == own[name]["p_PNEUMONIA"]
 
 
-def _without_softmax(source: str, target: str, scale: float) -> str:
-    """The same network with output_0 taken before its softmax (logits, as --no-activation exports), the
-    final layer's weights scaled by ``scale``."""
-    model = onnx.load(source)
-    graph = model.graph
-    softmax = next(node for node in graph.node if "output_0" in node.output)
-    assert softmax.op_type == "Softmax", softmax.op_type
-    gemm = next(node for node in graph.node if softmax.input[0] in node.output)
-    for weights in graph.initializer:
-        if weights.name in gemm.input[1:]:
-            weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights) * scale, weights.name))
-    gemm.output[0] = "output_0"
-    graph.node.remove(softmax)
-    onnx.save(model, target)
-    shutil.copy(os.path.join(os.path.dirname(source), "labels.txt"), os.path.join(os.path.dirname(target), "labels.txt"))
-    return target
-
-
 def test_model_answering_logits_is_wrapped_with_a_warning(exported_onnx, tmp_path):
-    logits = _without_softmax(exported_onnx, str(tmp_path / "logits.onnx"), scale=1000.0)
+    logits = bad_files.model_without_softmax(exported_onnx, str(tmp_path / "logits.onnx"), scale=1000.0)
     folder = good_folder(tmp_path / "in")
     result = run_forked("classify.py", folder, str(tmp_path / "out"), "--model", logits, "-q", tmp_dir=str(tmp_path))
     expect(result, 0, "warning:", "not probabilities", "softmax is applied")
@@ -285,7 +264,7 @@ def test_model_answering_logits_is_wrapped_with_a_warning(exported_onnx, tmp_pat
 
 def test_model_whose_outputs_are_not_a_distribution_is_refused(exported_onnx, tmp_path):
     """Values inside 0..1 that do not sum to 1: small logits or a multi-label (sigmoid) model; no guess."""
-    ambiguous = _without_softmax(exported_onnx, str(tmp_path / "ambiguous.onnx"), scale=1e-4)
+    ambiguous = bad_files.model_without_softmax(exported_onnx, str(tmp_path / "ambiguous.onnx"), scale=1e-4)
     result = run_forked("classify.py", good_folder(tmp_path / "in"), "--model", ambiguous, tmp_dir=str(tmp_path))
     expect(result, 2, "ambiguous.onnx", "not softmax probabilities")
 
@@ -421,21 +400,8 @@ def test_forced_import_with_a_trailing_slash_replaces_the_previous_one(download,
     assert [name for name in os.listdir(tmp_path) if name.startswith("data")] == ["data"]
 
 
-def _bad_crc_zip(download: str, path: str) -> str:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-        for root, _, files in os.walk(download):
-            for name in files:
-                full = os.path.join(root, name)
-                archive.write(full, os.path.relpath(full, download))
-    data = bytearray(open(path, "rb").read())
-    first = data.index(b"\x89PNG") if b"\x89PNG" in data else data.index(b"\xff\xd8")
-    data[first + 200] ^= 0xFF  # a stored member's bytes no longer match its CRC
-    open(path, "wb").write(bytes(data))
-    return path
-
-
 def test_zip_member_with_a_bad_crc_is_left_out_and_listed(download, tmp_path):
-    result = prepare(_bad_crc_zip(download, str(tmp_path / "download.zip")), "-o", str(tmp_path / "data"),
+    result = prepare(bad_files.zip_with_bad_crc(download, str(tmp_path / "download.zip")), "-o", str(tmp_path / "data"),
                      tmp_path=tmp_path)
     line = expect(result, 0, "damaged in the archive", "Bad CRC-32")
     assert os.path.basename(line.split(":")[0].strip()) in open(tmp_path / "data" / "prepare_report.json").read()

@@ -12,13 +12,10 @@ import subprocess
 import sys
 
 from tests.conftest import REPO
+from tests.forked_cli import peak_memory, with_peak_memory
 
 CASES_PER_STRATEGY = 1000  # four strategies
 ADDRESS_SPACE_LIMIT = 4 << 30  # a 60000 x 60000 claim decoded would need 3.6 GB for its pixels alone
-
-
-_PEAK_OF_CHILD = ("import resource, subprocess, sys; status = subprocess.call(sys.argv[1:]); "
-                  "print(status, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True)")
 
 
 def _limit_address_space() -> None:
@@ -30,13 +27,13 @@ def test_decoders_refuse_or_decode_every_fuzzed_input_in_bounded_memory(tmp_path
     with open(out, "w") as stdout, open(err, "w") as stderr:
         # Through a small go-between that reports its child's peak: a child forked straight from this test
         # process would start its peak resident size from this process's, which a long test run makes large.
-        process = subprocess.Popen([sys.executable, "-c", _PEAK_OF_CHILD, sys.executable, "-m", "tests.fuzz_decoders",
-                                    str(CASES_PER_STRATEGY)], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
-                                   stdout=stdout, stderr=stderr, preexec_fn=_limit_address_space)
+        process = subprocess.Popen(with_peak_memory([sys.executable, "-m", "tests.fuzz_decoders", str(CASES_PER_STRATEGY)]),
+                                   cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=stdout, stderr=stderr,
+                                   preexec_fn=_limit_address_space)
         process.wait()
     log = err.read_text()
     lines = out.read_text().splitlines()
-    status, peak_kib = (int(value) for value in lines[-1].split())
+    status, peak_kib = peak_memory(lines[-1])
     assert process.returncode == 0 and status == 0 and "Traceback" not in log, log[-4000:]
     report = json.loads(lines[-2])
     assert report["cases"] == 4 * CASES_PER_STRATEGY

@@ -25,7 +25,8 @@ from cxr_jetson.edge.video_source import CaptureOptions, VideoSource, VideoSourc
 from cxr_jetson.train.args import get_args_parser as train_parser
 from cxr_jetson.train.main import main as train_main
 from tests.browser import NO_BROWSER, browser_command, chromium, rendered_dom
-from tests.conftest import REPO, ctrl_c_reaches_it, run_script
+from tests.conftest import REPO, run_script
+from tests.forked_cli import ctrl_c_reaches_it
 
 FRAMES = 12
 ARTIFACTS = os.path.join(REPO, "test-artifacts")
