@@ -13,7 +13,7 @@ import numpy as np
 
 from cxr_jetson.core.dicom import decode_dicom
 from cxr_jetson.core.errors import ImageDecodeError
-from cxr_jetson.core.image_header import check_size, image_size, jpeg_size
+from cxr_jetson.core.image_header import check_size, image_size, jpeg_components, jpeg_size
 
 # A damaged file is reported in one line of ours; OpenCV's own warning about it would be a second.
 # (cv2.utils.logging is missing from some older builds; they keep their warnings.)
@@ -114,6 +114,19 @@ def to_grey(image: np.ndarray, name: str = "<array>") -> np.ndarray:
         alpha = image[:, :, 3].astype(np.float32) / np.iinfo(image.dtype).max
         grey = np.rint(grey.astype(np.float32) * alpha).astype(image.dtype)
     return grey
+
+
+def colour_sample(data: bytes) -> Optional[np.ndarray]:
+    """A small BGR decode of a file that has colour channels (for the input gate's colour check: the grey
+    network input has lost them); None for grey files, DICOM (its header says) and undecodable data. A
+    one-component JPEG, what X-ray files are, costs a header read and nothing more."""
+    if is_dicom(data) or (is_jpeg(data) and jpeg_components(data) == 1):
+        return None
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_COLOR_8)
+    except cv2.error:
+        return None
+    return image if image is not None and image.size else None
 
 
 def read_grey(path: str, min_side: int = 0) -> np.ndarray:

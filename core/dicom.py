@@ -32,7 +32,7 @@ _WARNING_STATE = threading.RLock()
 
 
 @contextlib.contextmanager
-def _quiet_pydicom() -> Iterator[None]:
+def quiet_pydicom() -> Iterator[None]:
     """pydicom warns (and logs) about every oddity it works around; a failure becomes our one line."""
     logger = logging.getLogger("pydicom")
     with _WARNING_STATE:
@@ -61,7 +61,7 @@ def decode_dicom(data: bytes, name: str = "<dicom>") -> np.ndarray:
     except ImportError:  # pydicom 2.x, the last for Python 3.8 (JetPack 5)
         from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
     try:
-        with _quiet_pydicom():
+        with quiet_pydicom():
             dataset = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as err:  # pydicom raises several types for damaged files
         raise DicomError(f"{name} is not a readable DICOM file: {str(err).splitlines()[0]}") from None
@@ -75,7 +75,7 @@ def decode_dicom(data: bytes, name: str = "<dicom>") -> np.ndarray:
         raise DicomError(f"{name} has no usable Rows and Columns") from None
     check_size(rows, columns, name)  # before the pixel data is decoded
     try:
-        with _quiet_pydicom():
+        with quiet_pydicom():
             pixels = dataset.pixel_array
     except Exception as err:
         raise DicomError(_pixel_error(dataset, name, err)) from None
@@ -115,7 +115,7 @@ def _voi(values: np.ndarray, dataset, name: str, apply_voi_lut) -> Tuple[np.ndar
         else:
             indexed, ends = values, np.array([-1e12, 1e12])
         try:
-            with _quiet_pydicom():
+            with quiet_pydicom():
                 windowed = apply_voi_lut(indexed, dataset, index=0).astype(np.float64)
                 mapped = apply_voi_lut(ends, dataset, index=0)
             return windowed, float(np.min(mapped)), float(np.max(mapped))

@@ -38,8 +38,8 @@ def max_pixels() -> int:
     return _limit["pixels"]
 
 
-def jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
-    """(height, width) from a JPEG's start-of-frame header, or None if the header is unreadable."""
+def _jpeg_frame_header(data: bytes) -> Optional[int]:
+    """Offset of a JPEG's start-of-frame marker, or None if the header is unreadable."""
     pos, end = 2, len(data)
     while pos + 4 <= end:
         if data[pos] != 0xFF:
@@ -53,14 +53,26 @@ def jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
             continue
         length = int.from_bytes(data[pos + 2:pos + 4], "big")
         if marker in _SOF_MARKERS:
-            if pos + 9 > end:
-                return None
-            height, width = int.from_bytes(data[pos + 5:pos + 7], "big"), int.from_bytes(data[pos + 7:pos + 9], "big")
-            return (height, width) if height and width else None
+            return pos if pos + 10 <= end else None
         if marker == 0xDA or length < 2:  # start of scan before any frame header
             return None
         pos += 2 + length
     return None
+
+
+def jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """(height, width) from a JPEG's start-of-frame header, or None if the header is unreadable."""
+    pos = _jpeg_frame_header(data)
+    if pos is None:
+        return None
+    height, width = int.from_bytes(data[pos + 5:pos + 7], "big"), int.from_bytes(data[pos + 7:pos + 9], "big")
+    return (height, width) if height and width else None
+
+
+def jpeg_components(data: bytes) -> Optional[int]:
+    """How many colour components a JPEG's frame has (1: grey), or None if the header is unreadable."""
+    pos = _jpeg_frame_header(data)
+    return None if pos is None else data[pos + 9]
 
 
 def _webp_size(data: bytes) -> Optional[Tuple[int, int]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
 from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.input_gate import GatePolicy
 from cxr_jetson.core.preprocess import PreprocessSpec
 
 KEY_LABELS = "cxr.labels"
@@ -24,6 +25,7 @@ KEY_OUTPUT = "cxr.output"
 KEY_PROVENANCE = "cxr.provenance"
 KEY_GRAPH_EQUALIZE = "cxr.graph_equalize"
 KEY_FOLDED_THRESHOLD = "cxr.folded_threshold"
+KEY_GATE = "cxr.gate"
 
 _OUTPUT_PROBABILITIES = "softmax probabilities, one per label, in label order"
 _OUTPUT_FOLDED = ("softmax probabilities on the decision scale: the positive class's calibrated probability p "
@@ -45,6 +47,8 @@ class ModelInfo:
     graph_equalize: Optional[str] = None
     # The operating point folded into output_0 (see _OUTPUT_FOLDED); ``threshold`` is then 0.5.
     folded_threshold: Optional[float] = None
+    # The input gate's policy when the model computes gate_0 (core/input_gate.py).
+    gate: Optional[GatePolicy] = None
 
     def to_metadata(self) -> Dict[str, str]:
         entries = {
@@ -57,6 +61,8 @@ class ModelInfo:
                     KEY_THRESHOLD_POLICY: self.threshold_policy, KEY_ARCH: self.arch,
                     KEY_GRAPH_EQUALIZE: self.graph_equalize, KEY_FOLDED_THRESHOLD: self.folded_threshold}
         entries.update({key: str(value) for key, value in optional.items() if value is not None})
+        if self.gate is not None:
+            entries[KEY_GATE] = self.gate.to_json()
         return entries
 
     @classmethod
@@ -75,5 +81,6 @@ class ModelInfo:
                    positive_class=metadata.get(KEY_POSITIVE_CLASS),
                    threshold_policy=metadata.get(KEY_THRESHOLD_POLICY),
                    arch=metadata.get(KEY_ARCH), provenance=provenance,
-                   graph_equalize=metadata.get(KEY_GRAPH_EQUALIZE), folded_threshold=folded)
+                   graph_equalize=metadata.get(KEY_GRAPH_EQUALIZE), folded_threshold=folded,
+                   gate=GatePolicy.from_json(metadata[KEY_GATE]) if KEY_GATE in metadata else None)
 

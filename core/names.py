@@ -17,6 +17,8 @@ INPUT_NAME = "input_0"
 OUTPUT_NAME = "output_0"
 # The optional second output: class activation maps [N, C, h, w] from the same inference.
 CAM_NAME = "cam_0"
+# The optional last output: the input gate's scores [N, G] (core/input_gate.py GATE_COLUMNS).
+GATE_NAME = "gate_0"
 
 # Files in a model folder.
 BEST_CHECKPOINT = "model_best.pth.tar"
@@ -28,9 +30,10 @@ MODEL_CARD = "MODEL_CARD.md"
 DEFAULT_MODEL_DIR = os.path.join("models", "pneumonia")
 MODEL_DIR_VARIABLE = "NET"
 
-# The ONNX node-name scope of the in-graph equalisation (networks/equalize.py): its pixel counts reach
-# R x R, exact only in float32, so engine builds keep these layers in float32.
-FLOAT32_SCOPE = "/equalize/"
+# The ONNX node-name scopes engines keep in float32: the in-graph equalisation (networks/equalize.py), whose
+# pixel counts reach R x R, exact only in float32; the input gate (networks/input_gate.py), whose squared
+# distances grow with how far out of scope an input is, past FP16's range. Tiny layers either way.
+FLOAT32_SCOPES = ("/equalize/", "/gate/")
 
 # TensorRT engine precisions, the default first.
 PRECISIONS = ("fp16", "fp32", "int8")

@@ -19,6 +19,7 @@ from cxr_jetson.core.errors import ToolkitError
 from cxr_jetson.core.files import check_writable
 from cxr_jetson.core.image_files import special_file_kind
 from cxr_jetson.core.image_header import DEFAULT_MAX_PIXELS, set_max_pixels
+from cxr_jetson.core.input_gate import STATUS_DECIDED, STATUS_NOT_ASSESSED, STATUS_REFER
 from cxr_jetson.core.model_files import default_model_path
 from cxr_jetson.core.names import PRECISIONS
 from cxr_jetson.edge.backends import BACKEND_CHOICES, BackendOptions
@@ -65,6 +66,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="classes to list on the image and console (default 1)")
     parser.add_argument("--heatmap", action="store_true",
                         help="blend the class activation map (where the model saw the evidence) onto each image")
+    parser.add_argument("--no-gate", dest="gate", action="store_false",
+                        help="answer every input: turn off the input gate (NOT ASSESSED for what the model was not made "
+                             "for, REFER near the threshold) of a model exported with one")
     parser.add_argument("--profile", action="store_true", help="print a per-stage timing report at the end")
     parser.add_argument("--output-size", choices=("full", "decoded"), default="full",
                         help="annotated images at the input's full resolution (default), or at the reduced "
@@ -133,8 +137,13 @@ def _print_summary(outcome: Outcome, source, model: DeployedModel, clock: StageC
         counts.append(f"{source.reconnects} reconnection(s)")
     print(("\nstopped by Ctrl+C; " if outcome.interrupted else "\n") + ", ".join(counts))
     rule = model.rule
-    if rule.positive is not None and outcome.done:
-        print(f"  {rule.labels[rule.positive]}: {outcome.positives} of {outcome.done} at threshold {rule.threshold:.4f}")
+    decided = outcome.statuses.get(STATUS_DECIDED, 0)
+    if model.gate is not None and outcome.done:
+        print(f"  input gate: {decided} decided, {outcome.statuses.get(STATUS_REFER, 0)} REFER, "
+              f"{outcome.statuses.get(STATUS_NOT_ASSESSED, 0)} NOT ASSESSED")
+    if rule.positive is not None and decided:
+        print(f"  {rule.labels[rule.positive]}: {outcome.positives} of {decided} decided at threshold "
+              f"{rule.threshold:.4f}")
     if outcome.done:
         print("  mean ms per image: " + "  ".join(f"{stage} {clock.mean(stage):.2f}" for stage in clock.totals))
     for failure in outcome.failures:
@@ -192,7 +201,8 @@ def main(args: argparse.Namespace) -> int:
             if results_path:
                 check_writable(results_path, "results file")
             options = BackendOptions(args.precision, args.threads, args.batch_size, args.build)
-            model = DeployedModel(args.model, args.backend, args.labels, args.threshold, options, args.relabel)
+            model = DeployedModel(args.model, args.backend, args.labels, args.threshold, options, args.relabel,
+                                  args.gate)
             _check_blobs(args, model)
             if args.heatmap and not model.backend.has_cam:
                 raise ToolkitError(f"{os.path.basename(model.model_file)} has no class activation map output; "
@@ -200,7 +210,7 @@ def main(args: argparse.Namespace) -> int:
         except BaseException:
             sink.close()
             raise
-        results = ResultsWriter(results_path, result_fields(model.labels))
+        results = ResultsWriter(results_path, result_fields(model.labels, model.gate is not None))
         print(f"model: {model.describe()}\ninput: {source.description}\noutput: {sink.description}", flush=True)
         try:
             options = RunOptions(args.batch_size, args.top_k, args.heatmap, args.workers, args.quiet,

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from cxr_jetson.core.decision import DecisionRule, Prediction, folded
 from cxr_jetson.core.errors import InputWarning, ToolkitError
+from cxr_jetson.core.input_gate import GatePolicy, Verdict, verdict
 from cxr_jetson.core.labels import LabelsError, check_label_count, read_labels
 from cxr_jetson.core.model_info import ModelInfo
 from cxr_jetson.core.names import LABELS_FILE
@@ -59,7 +60,7 @@ def _shown_labels(labels_path: Optional[str], own: List[str], own_source: Option
 class DeployedModel:
     def __init__(self, model: str, backend: str = "auto", labels: Optional[str] = None,
                  threshold: Optional[float] = None, options: BackendOptions = BackendOptions(),
-                 relabel: bool = False) -> None:
+                 relabel: bool = False, gate: bool = True) -> None:
         self.backend: Backend = open_backend(backend, model, options)
         self.model_file = self.backend.model_file
         info = self.backend.info
@@ -82,6 +83,8 @@ class DeployedModel:
         rule = DecisionRule.for_model(own, info.positive_class, info.threshold, threshold)
         self.rule = dataclasses.replace(rule, labels=tuple(self.labels))
         self.softmax_applied = self._outputs_are_logits()
+        # The gate answers only where the model computes its scores; --no-gate turns it off.
+        self.gate: Optional[GatePolicy] = info.gate if gate and self.backend.has_gate else None
 
     def _outputs_are_logits(self) -> bool:
         """Probe two images: True when output_0 is logits (a softmax is then applied); refuse anything else
@@ -115,6 +118,19 @@ class DeployedModel:
             outputs[0] = shifted / shifted.sum(axis=1, keepdims=True)
         return tuple(outputs)
 
+    def split(self, outputs: Tuple[np.ndarray, ...]) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+        """``run``'s outputs -> (probabilities, class activation maps or None, gate scores or None)."""
+        cams = outputs[1] if self.backend.has_cam else None
+        return outputs[0], cams, (outputs[-1] if self.backend.has_gate else None)
+
+    def verdict(self, probabilities: np.ndarray, scores: Optional[np.ndarray], refusal: Optional[str] = None,
+                warnings: Sequence[str] = ()) -> Verdict:
+        """One input's answer: its Prediction, unless the gate refuses the input or refers the case."""
+        positive = self.rule.positive
+        # The REFER band is on the decision scale, where 50% is the threshold in use.
+        decision = None if positive is None else folded(float(probabilities[positive]), self.rule.threshold)
+        return verdict(self.decide(probabilities), decision, scores, self.gate, refusal, warnings)
+
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         return self.run(images)[0]
 
@@ -128,5 +144,9 @@ class DeployedModel:
     def describe(self) -> str:
         folded_in = (f" (operating point {self.folded_threshold:.4f} folded into the output: 50% is the threshold)"
                      if self.folded_threshold is not None else "")
+        gate = ""
+        if self.gate is not None:
+            low, high = self.gate.refer_band
+            gate = f"; input gate on, REFER between {low:.1%} and {high:.1%} (decision scale)"
         return (f"{os.path.basename(self.model_file)} on {self.backend.describe()}; decision: "
-                f"{self.rule.describe()}{folded_in}")
+                f"{self.rule.describe()}{folded_in}{gate}")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -17,3 +17,5 @@ class Frame:
     data: Optional[bytes] = None  # the encoded file, when a reduced decode must be redone at full size
     timings: Dict[str, float] = field(default_factory=dict)  # ms per pipeline stage
     network: Optional[np.ndarray] = None  # uint8 R x R network image, made by the pipeline (core/preprocess.py)
+    refusal: Optional[str] = None  # why the input gate will not let the model answer for it (host checks)
+    warnings: List[str] = field(default_factory=list)  # what the gate flags without refusing (a DICOM's age)

@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from cxr_jetson.core.decision import Prediction
+from cxr_jetson.core.input_gate import STATUS_NOT_ASSESSED, STATUS_REFER, Verdict
 from cxr_jetson.core.preprocess import window_to_uint8
 from cxr_jetson.edge.heatmap import blend_heatmap
 
@@ -19,6 +19,8 @@ _TEXT_BGR = (255, 255, 255)
 _POSITIVE_BGR = (30, 30, 200)   # red box: positive class at or above the threshold
 _NEGATIVE_BGR = (40, 140, 30)   # green box: below the threshold
 _NEUTRAL_BGR = (0, 0, 0)        # dark box: argmax models and further top-K lines (jetson-inference's look)
+_REFER_BGR = (0, 140, 230)      # amber box: REFER, too close to the threshold to decide
+_REFUSED_BGR = (90, 90, 90)     # grey box: NOT ASSESSED, the model was not made for this input
 _TEXT_WIDTH_FRACTION = 0.42     # the first line spans about this much of a large image's width
 _MIN_SCALE = 0.5                # about 11 px high: the smallest text that stays readable on 224 px images
 _BACKGROUND_ALPHA = 0.7
@@ -37,12 +39,17 @@ def _font_scale(reference_text: str, image_width: int) -> float:
     return max(_MIN_SCALE, _TEXT_WIDTH_FRACTION * image_width / max(width, 1))
 
 
-def lines_for(prediction: Prediction, top_k: int) -> List[Tuple[str, Tuple[int, int, int]]]:
-    if prediction.positive is None:
+def lines_for(answer: Verdict, top_k: int) -> List[Tuple[str, Tuple[int, int, int]]]:
+    prediction = answer.prediction
+    if answer.status == STATUS_NOT_ASSESSED:
+        return [(answer.text(), _REFUSED_BGR)]  # no class, no probability: the model could not read it
+    if answer.status == STATUS_REFER:
+        first_colour = _REFER_BGR
+    elif prediction.positive is None:
         first_colour = _NEUTRAL_BGR
     else:
         first_colour = _POSITIVE_BGR if prediction.positive else _NEGATIVE_BGR
-    lines = [(prediction.text(), first_colour)]
+    lines = [(answer.text(), first_colour)]
     others = [entry for entry in prediction.ranked if entry[0] != prediction.label]
     for label, probability in others[:max(top_k, 1) - 1]:
         lines.append((f"{probability * 100:05.2f}% {label}", _NEUTRAL_BGR))
@@ -68,10 +75,10 @@ def draw_lines(image_bgr: np.ndarray, lines: Sequence[Tuple[str, Tuple[int, int,
     return image_bgr
 
 
-def annotate(image: np.ndarray, prediction: Prediction, top_k: int = 1,
+def annotate(image: np.ndarray, answer: Verdict, top_k: int = 1,
              evidence: Optional[np.ndarray] = None) -> np.ndarray:
-    """A BGR copy of ``image`` with the prediction drawn on it, over the heatmap of ``evidence`` if given."""
+    """A BGR copy of ``image`` with the answer drawn on it, over the heatmap of ``evidence`` if given."""
     canvas = to_bgr(image)
     if evidence is not None:
         canvas = blend_heatmap(canvas, evidence)
-    return draw_lines(canvas, lines_for(prediction, top_k))
+    return draw_lines(canvas, lines_for(answer, top_k))

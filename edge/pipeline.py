@@ -21,13 +21,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from cxr_jetson.core.decision import Prediction
 from cxr_jetson.core.decode import decode_grey, jpeg_reduction
 from cxr_jetson.core.errors import ImageDecodeError
+from cxr_jetson.core.input_gate import GATE_COLUMNS, STATUS_DECIDED, GatePolicy, Verdict
 from cxr_jetson.core.preprocess import PreprocessSpec, resize_to_network
 from cxr_jetson.edge.deployed_model import DeployedModel
 from cxr_jetson.edge.frames import Frame
 from cxr_jetson.edge.heatmap import evidence_map
+from cxr_jetson.edge.host_checks import check_frame
 from cxr_jetson.edge.overlay import annotate
 from cxr_jetson.edge.results import ResultsWriter
 from cxr_jetson.edge.sinks import Sink
@@ -53,21 +54,30 @@ class Outcome:
     positives: int = 0
     failures: List[str] = field(default_factory=list)
     interrupted: bool = False
+    statuses: Dict[str, int] = field(default_factory=dict)  # answers per status (core/input_gate.py)
 
 
-def result_fields(labels: List[str]) -> List[str]:
+def result_fields(labels: List[str], gate: bool = False) -> List[str]:
+    """results.csv's columns: the answer, its probabilities, the input gate's scores (when the model has a
+    gate), the stage times."""
     return (["path", "status", "label", "class_index", "confidence", "threshold"] + [f"p_{label}" for label in labels]
+            + (["reason", "warnings"] + [f"gate_{name}" for name in GATE_COLUMNS] if gate else [])
             + [f"ms_{stage}" for stage in STAGES] + ["error"])
 
 
-def _row(origin: str, model: DeployedModel, prediction: Optional[Prediction], timings: Dict[str, float],
+def _row(origin: str, model: DeployedModel, answer: Optional[Verdict], timings: Dict[str, float],
          error: str = "") -> Dict[str, object]:
-    row: Dict[str, object] = {"path": origin, "status": "error" if error else "ok", "error": error}
+    row: Dict[str, object] = {"path": origin, "status": "error" if error else answer.status, "error": error}
+    prediction = answer.prediction if answer is not None else None
     if prediction is not None:
         row.update(label=prediction.label, class_index=prediction.class_index,
                    confidence=round(prediction.confidence, 6),
                    threshold=model.rule.threshold if model.rule.positive is not None else "",
                    **{f"p_{label}": round(p, 6) for label, p in prediction.ranked})
+    if answer is not None and model.gate is not None:
+        row.update(reason=answer.reason, warnings="; ".join(answer.warnings))
+        if answer.scores is not None:
+            row.update({f"gate_{name}": round(float(value), 6) for name, value in zip(GATE_COLUMNS, answer.scores)})
     row.update({f"ms_{stage}": round(ms, 3) for stage, ms in timings.items()})
     return row
 
@@ -90,19 +100,21 @@ class _Writer(threading.Thread):
         self.sink.failed()
         tqdm.write(f"classify:  skipped {message}", file=sys.stderr)
 
-    def _draw(self, frame: Frame, prediction: Prediction, evidence: Optional[np.ndarray]) -> np.ndarray:
+    def _draw(self, frame: Frame, answer: Verdict, evidence: Optional[np.ndarray]) -> np.ndarray:
         display = frame.display
         if (self.options.full_resolution and frame.data is not None
                 and jpeg_reduction(frame.data, self.model.spec.decode_min_side) > 1):
             # The network saw a reduced decode; the picture goes out at full resolution.
             display = decode_grey(frame.data, frame.origin)
-        return annotate(display, prediction, self.options.top_k, evidence)
+        return annotate(display, answer, self.options.top_k, evidence)
 
-    def _handle(self, frame: Frame, prediction: Prediction, evidence: Optional[np.ndarray]) -> None:
-        result = {"index": frame.index, "source": frame.name, "text": prediction.text(), "positive": prediction.positive}
+    def _handle(self, frame: Frame, answer: Verdict, evidence: Optional[np.ndarray]) -> None:
+        positive = answer.prediction.positive if answer.status == STATUS_DECIDED else None
+        result = {"index": frame.index, "source": frame.name, "text": answer.text(), "positive": positive,
+                  "status": answer.status}
         try:
             start = time.perf_counter()
-            image = self._draw(frame, prediction, evidence) if self.sink.enabled else None
+            image = self._draw(frame, answer, evidence) if self.sink.enabled else None
             drawn = time.perf_counter()
             if image is not None:
                 self.sink.write(frame, image, result)
@@ -111,12 +123,15 @@ class _Writer(threading.Thread):
             self.fail(frame.origin, f"{frame.origin}: {err}", frame.timings)
             return
         self.outcome.done += 1
-        self.outcome.positives += int(bool(prediction.positive))
+        self.outcome.positives += int(bool(positive))
+        self.outcome.statuses[answer.status] = self.outcome.statuses.get(answer.status, 0) + 1
         self.clock.add(frame.timings)
-        self.results.write(_row(frame.origin, self.model, prediction, frame.timings))
+        self.results.write(_row(frame.origin, self.model, answer, frame.timings))
         if not self.options.quiet:
-            tqdm.write(f"classify:  {prediction.text()}  class #{prediction.class_index} ({prediction.label})  "
-                       f"{frame.origin}")
+            decided = (f"  class #{answer.prediction.class_index} ({answer.prediction.label})"
+                       if answer.status == STATUS_DECIDED else "")
+            flagged = "".join(f"  [warning: {warning}]" for warning in answer.warnings)
+            tqdm.write(f"classify:  {answer.text()}{decided}{flagged}  {frame.origin}")
 
     def run(self) -> None:
         while True:
@@ -136,10 +151,13 @@ class _Writer(threading.Thread):
                 self.error = err
 
 
-def _prepare(source: Source, job: Any, spec: PreprocessSpec) -> Frame:
-    """Decode a job (the source's work) and make its network input (the same for every source)."""
+def _prepare(source: Source, job: Any, spec: PreprocessSpec, gate: Optional[GatePolicy]) -> Frame:
+    """Decode a job (the source's work), check what the gate checks on the decoded frame, and make its
+    network input (the same for every source)."""
     frame = source.load(job, spec.decode_min_side)
     start = time.perf_counter()
+    if gate is not None:
+        check_frame(frame, gate, spec.resolution)
     frame.network = resize_to_network(frame.grey, spec)
     frame.timings["preprocess"] = (time.perf_counter() - start) * 1000
     return frame
@@ -148,9 +166,10 @@ def _prepare(source: Source, job: Any, spec: PreprocessSpec) -> Frame:
 class _Reader(threading.Thread):
     """Walks the source in order and queues each job's decode and preprocessing, running in the pool."""
 
-    def __init__(self, source: Source, spec: PreprocessSpec, pool: ThreadPoolExecutor, depth: int) -> None:
+    def __init__(self, source: Source, spec: PreprocessSpec, gate: Optional[GatePolicy], pool: ThreadPoolExecutor,
+                 depth: int) -> None:
         super().__init__(daemon=True)
-        self.source, self.spec, self.pool = source, spec, pool
+        self.source, self.spec, self.gate, self.pool = source, spec, gate, pool
         self.outbox: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
         self.error: Optional[BaseException] = None
@@ -160,7 +179,7 @@ class _Reader(threading.Thread):
             for job in self.source.jobs():
                 if self.stop.is_set():
                     break
-                self.outbox.put((job, self.pool.submit(_prepare, self.source, job, self.spec)))
+                self.outbox.put((job, self.pool.submit(_prepare, self.source, job, self.spec, self.gate)))
         except BaseException as err:  # a source that fails (camera gone for good): re-raised in main
             self.error = err
         finally:
@@ -169,16 +188,18 @@ class _Reader(threading.Thread):
 
 def _infer(model: DeployedModel, frames: List[Frame], heatmap: bool, writer: _Writer) -> None:
     start = time.perf_counter()
-    outputs = model.run(np.stack([f.network for f in frames]))
+    probabilities, cams, scores = model.split(model.run(np.stack([f.network for f in frames])))
     inferred = time.perf_counter()
-    probabilities, cams = outputs[0], (outputs[1] if heatmap and len(outputs) > 1 else None)
     share = (inferred - start) * 1000 / len(frames)
     for index, frame in enumerate(frames):
         post_start = time.perf_counter()
-        prediction = model.decide(probabilities[index])
-        evidence = evidence_map(cams[index], model.rule.positive, prediction.class_index) if cams is not None else None
+        answer = model.verdict(probabilities[index], None if scores is None else scores[index], frame.refusal,
+                               frame.warnings)
+        evidence = None
+        if heatmap and cams is not None and answer.prediction is not None:
+            evidence = evidence_map(cams[index], model.rule.positive, answer.prediction.class_index)
         frame.timings.update(inference=share, postprocess=(time.perf_counter() - post_start) * 1000)
-        writer.inbox.put(("ok", frame, prediction, evidence))
+        writer.inbox.put(("ok", frame, answer, evidence))
 
 
 def run_pipeline(source: Source, model: DeployedModel, sink: Sink, results: ResultsWriter,
@@ -186,7 +207,7 @@ def run_pipeline(source: Source, model: DeployedModel, sink: Sink, results: Resu
     outcome, clock = Outcome(), StageClock()
     batch_size = 1 if source.live else max(1, min(options.batch_size, model.backend.max_batch))
     pool = ThreadPoolExecutor(max(1, options.decode_workers), thread_name_prefix="decode")
-    reader = _Reader(source, model.spec, pool, depth=2 * options.decode_workers + batch_size)
+    reader = _Reader(source, model.spec, model.gate, pool, depth=2 * options.decode_workers + batch_size)
     writer = _Writer(model, sink, results, options, outcome, clock)
     progress = tqdm(total=source.frame_count, unit="img", disable=(source.frame_count or 0) < 2 or None, leave=False)
     reader.start()

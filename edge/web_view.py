@@ -50,7 +50,7 @@ _PAGE = """<!doctype html>
  main {{ flex: 3 1 480px; padding: 12px; }} aside {{ flex: 1 1 280px; padding: 12px; }}
  img {{ max-width: 100%; max-height: 88vh; background: #000; }}
  table {{ border-collapse: collapse; width: 100%; font-size: 13px; }} td, th {{ padding: 3px 6px; text-align: left; }}
- tr:nth-child(even) {{ background: #1c1c1c; }} .positive {{ color: #ff6b6b; }} .negative {{ color: #7bd67b; }}
+ tr:nth-child(even) {{ background: #1c1c1c; }} .positive {{ color: #ff6b6b; }} .negative {{ color: #7bd67b; }} .refer {{ color: #ffb347; }} .not_assessed {{ color: #9a9a9a; }}
  small {{ color: #999; }}
 </style></head>
 <body>
@@ -71,11 +71,15 @@ function cell(text, className) {
 async function refresh() {
   try {
     const data = await (await fetch('/results.json', {cache: 'no-store'})).json();
-    document.getElementById('summary').textContent =
-      `${data.frames} frames, ${data.positives} positive, ${data.failures} skipped`;
+    const parts = [`${data.frames} frames`, `${data.positives} positive`];
+    if (data.refer) parts.push(`${data.refer} REFER`);  // a model with an input gate (core/input_gate.py)
+    if (data.not_assessed) parts.push(`${data.not_assessed} not assessed`);
+    parts.push(`${data.failures} skipped`);
+    document.getElementById('summary').textContent = parts.join(', ');
     const rows = data.latest.map(r => {
       const tr = document.createElement('tr');
-      tr.append(cell(r.index), cell(r.text, r.positive === true ? 'positive' : 'negative'), cell(r.source));
+      const kind = r.status === 'ok' ? (r.positive === true ? 'positive' : 'negative') : r.status;
+      tr.append(cell(r.index), cell(r.text, kind), cell(r.source));
       return tr;
     });
     document.getElementById('results').replaceChildren(...rows);
@@ -113,7 +117,7 @@ class WebView:
         self.jpeg: Optional[bytes] = None
         self.sequence = 0
         self.latest: Deque[Dict[str, Any]] = deque(maxlen=40)
-        self.counters = {"frames": 0, "positives": 0, "failures": 0}
+        self.counters = {"frames": 0, "positives": 0, "refer": 0, "not_assessed": 0, "failures": 0}
         self.closed = False
         try:
             handler = type("Handler", (_ViewHandler,), {"view": self})  # this view's requests
@@ -132,6 +136,9 @@ class WebView:
             self.latest.appendleft(result)
             self.counters["frames"] += 1
             self.counters["positives"] += int(result.get("positive") is True)
+            status = result.get("status")
+            if status in ("refer", "not_assessed"):
+                self.counters[status] += 1
             self.condition.notify_all()
 
     def failed(self) -> None:

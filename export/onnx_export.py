@@ -27,11 +27,20 @@ from cxr_jetson.core.cli import add_bool_flag, run_cli
 from cxr_jetson.core.files import atomic_path, check_writable, sha256_file
 from cxr_jetson.core.model_files import in_model_dir
 from cxr_jetson.core.model_info import ModelInfo
-from cxr_jetson.core.names import BEST_CHECKPOINT, CAM_NAME, INPUT_NAME, OUTPUT_NAME, TOOLKIT, TOOLKIT_VERSION
+from cxr_jetson.core.names import (
+    BEST_CHECKPOINT,
+    CAM_NAME,
+    GATE_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    TOOLKIT,
+    TOOLKIT_VERSION,
+)
 from cxr_jetson.export.graph import DEFAULT_OPSET, ExportError, export_graph, write_metadata
 from cxr_jetson.export.verify import verification_images, verify
 from cxr_jetson.networks.checkpoint import load_checkpoint
 from cxr_jetson.networks.deployable import deployment
+from cxr_jetson.networks.input_gate import GATE_FILE, gate_beside
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class ExportOptions:
     dynamic_batch: bool = False
     cam: bool = True
     fold_threshold: bool = True          # output_0 on the decision scale: argmax decides as the threshold
+    gate: bool = True                    # the input gate fitted beside the checkpoint, as output gate_0
     verify_images: Optional[str] = None  # default: the validation images the model was trained with
     tolerance: float = 1e-4
 
@@ -64,11 +74,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                   "symbolic batch dimension (jetson-inference needs the default fixed batch of 1)")
     add_bool_flag(parser, "cam", True,
                   f"a second output {CAM_NAME} with class activation maps for classify.py --heatmap (ResNets); "
-                  "jetson-inference on TensorRT 10 binds only the outputs it asks for: use --no-cam for it")
+                  "jetson-inference on TensorRT 10 binds only the outputs it asks for: use --no-cam --no-gate for it")
     add_bool_flag(parser, "fold-threshold", True,
                   "fold the decision threshold into output_0, so that argmax (jetson-inference's imagenet.py) decides "
                   "as the threshold does and 50%% is the operating point; --no-fold-threshold keeps output_0 as the "
                   "calibrated probabilities (the threshold then only in the metadata)")
+    add_bool_flag(parser, "gate", True,
+                  f"build the input gate fitted beside the checkpoint ({GATE_FILE}, train/input_gate.py) into the "
+                  f"ONNX as a last output {GATE_NAME}, with its policy in the metadata")
     parser.add_argument("--no-activation", nargs="?", const="True", default=None, metavar="BOOL",
                         help="jetson-inference's flag for an ONNX that ends in logits: refused, because the decision "
                              "and the confidence drawn need the softmax probabilities")
@@ -108,6 +121,9 @@ def _print_contract(output: str, info: ModelInfo, options: ExportOptions, with_c
         print(f"   expects {spec.equalize}-equalised input (recorded in its metadata; classify.py and the INT8 "
               "calibrator apply it): jetson-inference's imagenet.py does not equalise, so train with "
               "--equalize hist or none for it")
+    if info.gate is not None:
+        print(f"   {GATE_NAME}: the input gate's scores (core/input_gate.py); classify.py answers NOT ASSESSED for what "
+              "it refuses and REFER inside its band")
     if info.folded_threshold is not None:
         print(f"   threshold {info.folded_threshold:.4f} folded into {OUTPUT_NAME}: argmax decides as p >= "
               f"{info.folded_threshold:.4f}, and 50% is the operating point")
@@ -117,8 +133,9 @@ def export_onnx(options: ExportOptions) -> str:
     """Export, verify and (only when verified) write the ONNX; returns its path."""
     checkpoint_path = in_model_dir(options.model_dir, options.input)
     checkpoint = load_checkpoint(checkpoint_path)
+    gate = gate_beside(checkpoint_path) if options.gate else None
     deployed = deployment(checkpoint, options.cam, _provenance(checkpoint, checkpoint_path, options),
-                          options.fold_threshold)
+                          options.fold_threshold, gate)
     info, wrapped, outputs = deployed.info, deployed.network, deployed.outputs
     output = in_model_dir(options.model_dir or os.path.dirname(checkpoint_path),
                           options.output or f"{checkpoint['arch']}.onnx")
@@ -129,13 +146,13 @@ def export_onnx(options: ExportOptions) -> str:
         images, described = verification_images(options.verify_images or _default_verify_folder(checkpoint),
                                                  info.spec)
         differences = verify(wrapped, temporary, images, info.spec)
-        cam_text = f", {CAM_NAME} relative {differences[1]:.3e}" if len(differences) > 1 else ""
+        cam_text = "".join(f", {name} relative {difference:.3e}" for name, difference in zip(outputs[1:], differences[1:]))
         print(f"=> verified on {described}: max |ONNX Runtime - torch| = {differences[0]:.3e}{cam_text} "
               f"(tolerance {options.tolerance:.0e})")
         if not max(differences) <= options.tolerance:
             raise ExportError(f"ONNX Runtime and torch disagree by {max(differences):.3e} > "
                               f"{options.tolerance:.0e}; the ONNX was not written")
-    _print_contract(output, info, options, len(outputs) > 1)
+    _print_contract(output, info, options, CAM_NAME in outputs)
     return output
 
 

@@ -14,7 +14,7 @@ built from comparisons and matrix products. A grey level is split into its high 
 low value, and a triangular matrix product adds the counts of the lower high values. The lookup is the
 same decomposition in reverse. This costs 16 x 16 multiply-adds per pixel (2 x 802 k values at 224 px)
 instead of a 256-wide comparison per pixel. Counts go up to R x R, exact in float32: engines keep
-these layers in float32 (core/names.py FLOAT32_SCOPE: DeployedNetwork's attribute is named for it).
+these layers in float32 (core/names.py FLOAT32_SCOPES: DeployedNetwork's attribute is named for it).
 """
 from __future__ import annotations
 

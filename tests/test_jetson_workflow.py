@@ -17,7 +17,7 @@ import torchvision
 
 from bench.imagenet_emulator import ImageNetEmulator, network_input, point_sample_indices, top_class
 from cxr_jetson.core.decision import DecisionRule, fold_probabilities, folded
-from cxr_jetson.core.names import FLOAT32_SCOPE
+from cxr_jetson.core.names import FLOAT32_SCOPES
 from cxr_jetson.core.preprocess import PreprocessSpec, load_for_network, normalize
 from cxr_jetson.data.synthetic import synthetic_xray
 from cxr_jetson.edge.deployed_model import DeployedModel
@@ -99,7 +99,7 @@ def test_fp16_networks_keep_the_equalisation_in_float32(exported_onnx):
     half = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
     halved = {out for node in graph.node if node.op_type == "Cast"
               and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in node.attribute) for out in node.output}
-    scope = [node for node in graph.node if node.name.startswith(FLOAT32_SCOPE)]
+    scope = [node for node in graph.node if node.name.startswith(FLOAT32_SCOPES)]
     assert scope and not any(set(node.input) & (half | halved) for node in scope)
     assert half  # the classifier itself is FP16
 

@@ -107,6 +107,17 @@ def test_file_names_reach_the_page_as_text_only(open_view):
     assert b"innerHTML" not in _SCRIPT and b"insertAdjacentHTML" not in _SCRIPT and b"document.write" not in _SCRIPT
 
 
+def test_refer_and_not_assessed_answers_are_counted_and_sent_with_their_status(open_view, frame):
+    open_view.publish(frame, {"index": 2, "text": "REFER (51.00% PNEUMONIA)", "positive": None, "status": "refer",
+                              "source": "b.png"})
+    open_view.publish(frame, {"index": 3, "text": "NOT ASSESSED: blank frame", "positive": None,
+                              "status": "not_assessed", "source": "c.png"})
+    _, _, body = _get(open_view.port, f"/results.json?token={open_view.token}")
+    data = json.loads(body)
+    assert (data["frames"], data["positives"], data["refer"], data["not_assessed"]) == (3, 1, 1, 1)
+    assert [row["status"] for row in data["latest"][:2]] == ["not_assessed", "refer"]
+
+
 @pytest.mark.skipif(not chromium(), reason=NO_BROWSER)
 def test_a_file_named_like_markup_shows_as_text_in_a_browser(frame, tmp_path):
     view = WebView("0.0.0.0", 0)

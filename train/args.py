@@ -115,6 +115,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_bool_flag(parser, "calibrate", DEFAULTS.calibrate,
                   "fit a temperature to the same images at the end and fold it into model_best's last layer, so "
                   "the confidence the device shows is calibrated (decisions and AUC do not change)")
+    add_bool_flag(parser, "input-gate", DEFAULTS.input_gate,
+                  "fit the input gate at the end (train/input_gate.py: what the model refuses to answer for, and its "
+                  "REFER band), written beside model_best and built into the ONNX; needs a real-sized data set")
+    parser.add_argument("--population-age", default=DEFAULTS.population_age, metavar="LO-HI",
+                        help="patient ages in years the training images span (the Kermany set's: 1-5), recorded with "
+                             "the input gate: a DICOM outside them is flagged")
     parser.add_argument("--select-metric", choices=SELECT_METRICS, default=DEFAULTS.select_metric,
                         help="validation metric that picks model_best (ties: lower validation loss)")
     add_bool_flag(parser, "tensorboard", DEFAULTS.tensorboard, "log scalars to MODEL_DIR/tensorboard when tensorboard is installed")

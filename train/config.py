@@ -68,6 +68,8 @@ class TrainConfig:
     threshold_policy: str = DEFAULT_POLICY
     robust_threshold: bool = True
     calibrate: bool = True
+    input_gate: bool = True
+    population_age: str = "1-5"
     select_metric: str = "auc"
     tensorboard: bool = True
     start_epoch: Optional[int] = None      # jetson-inference's --start-epoch: checked against where the run starts

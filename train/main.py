@@ -25,6 +25,7 @@ from cxr_jetson.core.cli import run_cli
 from cxr_jetson.core.decision import class_to_record, positive_index
 from cxr_jetson.core.errors import ToolkitError
 from cxr_jetson.core.files import check_writable, sha256_file
+from cxr_jetson.core.input_gate import parse_age_range
 from cxr_jetson.core.labels import write_labels
 from cxr_jetson.core.names import BEST_CHECKPOINT, LABELS_FILE, LAST_CHECKPOINT
 from cxr_jetson.core.preprocess import PreprocessSpec
@@ -40,6 +41,7 @@ from cxr_jetson.train.dataset import CachedSplit, find_classes, load_split
 from cxr_jetson.train.distributed import Distributed, launched_rank, process_group
 from cxr_jetson.train.evaluate import evaluate_checkpoint, evaluate_model_dir
 from cxr_jetson.train.hardware import select_amp, select_device
+from cxr_jetson.train.input_gate import fit_input_gate
 from cxr_jetson.train.loop import StepSettings, on_training_device, train_one_epoch
 from cxr_jetson.train.metrics import parse_policy
 from cxr_jetson.train.model_card import write_model_card
@@ -218,6 +220,8 @@ def _finish(session: _Session) -> None:
                        session.best_path)
     for split in session.val_splits:
         evaluate_checkpoint(checkpoint, model, split, session.ddp.device, config.model_dir, config.batch_size)
+    if config.input_gate:
+        fit_input_gate(config, session.best_path)
     print(f"=> model card: {write_model_card(config.model_dir)}")
 
 
@@ -265,6 +269,7 @@ def main(args: argparse.Namespace) -> int:
         raise ToolkitError("--epochs must be at least 1")
     if config.batch_size < 1:
         raise ToolkitError("--batch-size must be at least 1")
+    parse_age_range(config.population_age)  # a typo must stop the run before training, not after it
     if config.batch_size == 1:
         # Convolutional batch norms normalise over batch x height x width: one image per step trains (as in
         # jetson-inference), with noisier statistics than a larger batch.

@@ -17,6 +17,7 @@ from cxr_jetson.core.metric_registry import METRICS, SHIFTED_PREFIX, format_valu
 from cxr_jetson.core.names import BEST_CHECKPOINT, MODEL_CARD
 from cxr_jetson.data.synthetic import NOTICE_FILE
 from cxr_jetson.networks.checkpoint import load_checkpoint, preprocess_spec
+from cxr_jetson.networks.input_gate import GATE_FILE, GateStatistics
 from cxr_jetson.networks.model import model_from_checkpoint
 
 _RECIPE_KEYS = ("arch", "pretrained", "weights", "equalize", "augment", "epochs", "batch_size", "optimizer", "lr",
@@ -95,6 +96,41 @@ _LIMITS = [
 ]
 
 
+def _gate_section(model_dir: str) -> List[str]:
+    """The input gate: what the model refuses to answer for, the population it was trained on, REFER."""
+    path = os.path.join(model_dir, GATE_FILE)
+    if not os.path.isfile(path):
+        return ["## Input gate", "", "None fitted (too small a data set, or `--no-input-gate`): the model answers "
+                "every input, including inputs that are not chest X-rays."]
+    policy = GateStatistics.load(path).policy
+    low, high = policy.age_range_years or (None, None)
+    return ["## Input gate", "",
+            f"Fitted by `train/input_gate.py` on {policy.fitted.get('train_images', '?')} training images; built into "
+            "the ONNX as `gate_0` with its policy in the metadata (`cxr.gate`). `classify.py` answers **NOT ASSESSED** "
+            "with the reason for: frames under half the network resolution, colour images, nearly constant frames, "
+            "inverted or rotated films, inputs whose features are unlike the training images' (Mahalanobis score "
+            f"above {policy.mahalanobis:.3f}); **REFER** when the decision-scale probability lies between "
+            f"{policy.refer_band[0]:.1%} and {policy.refer_band[1]:.1%}. `--no-gate` answers everything.",
+            "",
+            f"Population: paediatric patients aged {low:g}-{high:g} years (a DICOM outside it is flagged); DICOM "
+            "headers of another modality, body part, a lateral view or colour pixels are refused (core/dicom_gate.py)."
+            if low is not None else "Population: not recorded.", ""] + _held_out_table(policy.fitted.get("held_out", {}))
+
+
+def _held_out_table(report: Dict[str, Dict[str, Any]]) -> List[str]:
+    """The gate on the validation patients none of its thresholds was chosen on."""
+    lines = ["| held-out set | images | refused | decided (not REFER) | sensitivity decided (all) | "
+             "specificity decided (all) |", "|---|---|---|---|---|---|"]
+    for name, row in report.items():
+        def pair(metric: str) -> str:
+            decided, every = row.get(f"{metric}_decided"), row.get(f"{metric}_assessed")
+            return "-" if decided is None or every is None else f"{decided:.3f} ({every:.3f})"
+        coverage = f"{row['coverage']:.1%}" if "coverage" in row else "-"
+        lines.append(f"| {name} | {row['images']} | {row['refused']:.1%} | {coverage} | {pair('sensitivity')} | "
+                     f"{pair('specificity')} |")
+    return lines if report else []
+
+
 def render(checkpoint: Dict[str, Any], model_dir: str) -> str:
     args = checkpoint.get("args") or {}
     recipe = ["## Recipe", "", "| setting | value |", "|---|---|"]
@@ -109,7 +145,7 @@ def render(checkpoint: Dict[str, Any], model_dir: str) -> str:
         "screening pipelines. It must not be used to diagnose, treat or triage patients.",
     ]
     sections = [header, _model_section(checkpoint, model_dir), _data_section(checkpoint), recipe,
-                _figures_section(checkpoint), _LIMITS]
+                _figures_section(checkpoint), _gate_section(model_dir), _LIMITS]
     return "\n\n".join("\n".join(section) for section in sections) + "\n"
 
 

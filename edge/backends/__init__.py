@@ -48,9 +48,11 @@ class Backend:
     output_name: str = OUTPUT_NAME
     info: ModelInfo = ModelInfo()    # what the model records about itself (empty for a plain export)
     has_cam: bool = False            # the model also gives class activation maps (edge/heatmap.py)
+    has_gate: bool = False           # the model also gives the input gate's scores (core/input_gate.py), last
 
     def run_all(self, batch: np.ndarray) -> Tuple[np.ndarray, ...]:
-        """(probabilities ``N x C``,) or (probabilities, class activation maps ``N x C x h x w``)."""
+        """(probabilities ``N x C``,) then, when the model has them, class activation maps ``N x C x h x w``,
+        then the input gate's scores ``N x G``."""
         raise NotImplementedError
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import numpy as np
 
 from cxr_jetson.core.model_files import locate_model
 from cxr_jetson.core.model_info import ModelInfo
-from cxr_jetson.core.names import CAM_NAME
+from cxr_jetson.core.names import CAM_NAME, GATE_NAME
 from cxr_jetson.edge.backends import Backend, BackendError, BackendOptions
 
 _PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -43,8 +43,9 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"ONNX Runtime cannot load {self.model_file}: {first_line}") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
-        self.output_names = [outputs[0].name] + [o.name for o in outputs if o.name == CAM_NAME]
-        self.has_cam = len(self.output_names) == 2
+        present = {o.name for o in outputs}
+        self.output_names = [outputs[0].name] + [name for name in (CAM_NAME, GATE_NAME) if name in present]
+        self.has_cam, self.has_gate = CAM_NAME in present, GATE_NAME in present
         batch, channels, height, width = inputs[0].shape
         if channels != 3 or height != width or not isinstance(height, int):
             raise BackendError(f"{self.model_file} takes input {inputs[0].shape}; expected [N, 3, R, R]")

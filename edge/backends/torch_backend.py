@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from cxr_jetson.core.model_files import locate_model
+from cxr_jetson.core.names import CAM_NAME, GATE_NAME
 from cxr_jetson.edge.backends import Backend, BackendError, BackendOptions
 
 
@@ -27,12 +28,14 @@ class TorchBackend(Backend):
 
             from cxr_jetson.networks.checkpoint import load_checkpoint
             from cxr_jetson.networks.deployable import deployment
+            from cxr_jetson.networks.input_gate import gate_beside
         except ImportError as err:
             raise BackendError(f"the torch back-end needs torch and torchvision ({err}); "
                                "use --backend onnxruntime or tensorrt") from None
         self.torch = torch
         self.model_file = locate_model(model, ("checkpoint",))
-        deployed = deployment(load_checkpoint(self.model_file), provenance={"checkpoint": os.path.basename(self.model_file)})
+        deployed = deployment(load_checkpoint(self.model_file), provenance={"checkpoint": os.path.basename(self.model_file)},
+                              gate=gate_beside(self.model_file))
         self.info = deployed.info
         self.resolution = self.info.spec.resolution
         self.num_classes = len(self.info.labels)
@@ -45,7 +48,7 @@ class TorchBackend(Backend):
             raise BackendError(f"the torch back-end runs fp16 or fp32, not {self.precision}")
         self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
         self.model = deployed.network
-        self.has_cam = len(deployed.outputs) == 2
+        self.has_cam, self.has_gate = CAM_NAME in deployed.outputs, GATE_NAME in deployed.outputs
         self.model.to(self.torch_device, dtype=self.dtype, memory_format=torch.channels_last)
         self.graph = self._capture_graph() if on_gpu and cuda_graph else None
     def _capture_graph(self):

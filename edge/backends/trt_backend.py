@@ -14,7 +14,7 @@ import numpy as np
 
 from cxr_jetson.core.model_files import locate_model
 from cxr_jetson.core.model_info import ModelInfo
-from cxr_jetson.core.names import CAM_NAME, INPUT_NAME, OUTPUT_NAME
+from cxr_jetson.core.names import CAM_NAME, GATE_NAME, INPUT_NAME, OUTPUT_NAME
 from cxr_jetson.edge.backends import Backend, BackendError, BackendOptions
 from cxr_jetson.edge.tensorrt.api import TensorRT, load_tensorrt, numpy_dtype
 from cxr_jetson.edge.tensorrt.cuda import GpuIdentity, open_cuda
@@ -66,7 +66,7 @@ class TensorRTBackend(Backend):
         _, _, height, width = self.host[INPUT_NAME].shape
         self.resolution = height
         self.num_classes = self.host[OUTPUT_NAME].shape[-1]
-        self.has_cam = CAM_NAME in self.host
+        self.has_cam, self.has_gate = CAM_NAME in self.host, GATE_NAME in self.host
 
     def _deserialize(self, engine_path: str) -> Optional[object]:
         with open(engine_path, "rb") as handle:
@@ -98,7 +98,8 @@ class TensorRTBackend(Backend):
         for name in self.outputs:
             self.cuda.to_host(self.host[name][:count], self.device_memory[name])
         self.cuda.synchronize()
-        return tuple(self.host[name][:count].astype(np.float32) for name in (OUTPUT_NAME, CAM_NAME) if name in self.host)
+        return tuple(self.host[name][:count].astype(np.float32) for name in (OUTPUT_NAME, CAM_NAME, GATE_NAME)
+                     if name in self.host)
 
     def close(self) -> None:
         self.context = None

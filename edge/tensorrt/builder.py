@@ -20,7 +20,7 @@ import onnx
 from cxr_jetson.core.errors import ToolkitError
 from cxr_jetson.core.files import atomic_path, check_writable, sha256_file
 from cxr_jetson.core.model_info import ModelInfo
-from cxr_jetson.core.names import FLOAT32_SCOPE, INPUT_NAME, OUTPUT_NAME, PRECISIONS
+from cxr_jetson.core.names import FLOAT32_SCOPES, INPUT_NAME, OUTPUT_NAME, PRECISIONS
 from cxr_jetson.edge.tensorrt.api import TensorRT, load_tensorrt
 from cxr_jetson.edge.tensorrt.cuda import GpuIdentity, current_gpu, open_cuda
 from cxr_jetson.edge.tensorrt.engine_record import EngineRecord, engine_path_for, stale_reasons
@@ -87,12 +87,12 @@ class EngineBuilder:
 
     def _keep_float32(self, network) -> None:
         """Weakly typed FP16/INT8 builds may run any layer in FP16: the in-graph equalisation's pixel counts
-        (up to R x R) must stay in float32. Strongly typed TensorRT takes its types from the network
+        (up to R x R) and the input gate's distances must stay in float32. Strongly typed TensorRT takes its types from the network
         (edge/tensorrt/fp16_onnx.py keeps those nodes float32)."""
         kept = 0
         for index in range(network.num_layers):
             layer = network.get_layer(index)
-            if layer.name.startswith(FLOAT32_SCOPE):
+            if layer.name.startswith(FLOAT32_SCOPES):
                 layer.precision = self.trt.module.float32
                 for output in range(layer.num_outputs):
                     if layer.get_output(output).dtype == self.trt.module.float32:

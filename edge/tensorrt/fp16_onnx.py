@@ -11,16 +11,16 @@ from __future__ import annotations
 import onnx
 
 from cxr_jetson.core.errors import ToolkitError
-from cxr_jetson.core.names import FLOAT32_SCOPE
+from cxr_jetson.core.names import FLOAT32_SCOPES
 
 
 def float32_nodes(model: onnx.ModelProto):
-    """Names of the nodes that must compute in float32 (the in-graph equalisation's pixel counts)."""
-    return [node.name for node in model.graph.node if node.name.startswith(FLOAT32_SCOPE)]
+    """Names of the nodes that must compute in float32 (the equalisation's pixel counts, the gate's distances)."""
+    return [node.name for node in model.graph.node if node.name.startswith(FLOAT32_SCOPES)]
 
 
 def fp16_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """FP16 weights and compute, float32 ``input_0``/``output_0`` and float32 equalisation; metadata kept."""
+    """FP16 weights and compute, float32 inputs and outputs, equalisation and gate; metadata kept."""
     try:
         from onnxruntime.transformers.onnx_model import OnnxModel
     except ImportError:
