@@ -32,9 +32,9 @@ from sklearn.metrics import roc_auc_score
 from bench.jetson_agreement import SHARED, write_proxies
 from bench.out_of_scope import find_xrays, write_out_of_scope_set
 from cxr_jetson.core.cli import run_cli
-from cxr_jetson.core.input_gate import STATUS_DECIDED, STATUS_NOT_ASSESSED, layout_margin
+from cxr_jetson.core.input_gate import GATE_COLUMNS, STATUS_DECIDED, STATUS_NOT_ASSESSED, layout_margin
 from cxr_jetson.core.model_files import locate_model
-from cxr_jetson.train.input_gate import _tuning_half
+from cxr_jetson.train.input_gate import tuning_half
 from cxr_jetson.train.report import write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,8 +51,7 @@ def classify_folder(model: str, folder: str, results: str, *extra: str) -> Dict[
 
 
 def _layout(row: Dict[str, str]) -> float:
-    columns = ("mahalanobis", "energy", "layout_upright", "layout_rot90", "layout_rot180", "layout_rot270", "grey_std")
-    return -layout_margin(np.array([float(row[f"gate_{c}"]) for c in columns]))[0]
+    return -layout_margin(np.array([float(row[f"gate_{column}"]) for column in GATE_COLUMNS]))[0]
 
 
 def _detector(rows: List[Dict[str, str]], name: str) -> np.ndarray:
@@ -146,7 +145,7 @@ def _rows_by_set(model: str, folders: Dict[str, str], scratch: str, *extra: str)
 
 def _held_out(rows: List[Dict[str, str]]) -> List[Dict[str, str]]:
     """The validation patients no threshold of the gate was chosen on (train/input_gate.py's other half)."""
-    keep = ~_tuning_half([row["path"] for row in rows])
+    keep = ~tuning_half([row["path"] for row in rows])
     return [row for row, kept in zip(rows, keep) if kept]
 
 

@@ -123,10 +123,6 @@ def in_refer_band(decision_probability: float, policy: GatePolicy) -> bool:
     return low < decision_probability < high
 
 
-def score(scores: np.ndarray, name: str) -> float:
-    return float(scores[_COLUMN[name]])
-
-
 def parse_age_range(text: str) -> Tuple[float, float]:
     """``"1-5"`` -> (1.0, 5.0): the patient ages in years a model's training images span."""
     try:

@@ -15,10 +15,9 @@ def check_frame(frame: Frame, policy: GatePolicy, resolution: int) -> None:
     if frame.data is not None and is_dicom(frame.data):
         for finding in dicom_header_findings(frame.data, policy.age_range_years):
             (reasons if finding.action == REFUSE else frame.warnings).append(finding.reason)
-    colour = colourfulness(frame.display) if frame.display.ndim == 3 else 0.0
-    if frame.data is not None and frame.display.ndim == 2:
-        sample = colour_sample(frame.data)
-        colour = colourfulness(sample) if sample is not None else 0.0
+    # A video frame arrives in colour; a file was decoded to grey, so its colour needs a small decode.
+    coloured = frame.display if frame.display.ndim == 3 or frame.data is None else colour_sample(frame.data)
+    colour = colourfulness(coloured) if coloured is not None else 0.0
     own = frame_refusal(frame.grey.shape, colour, resolution, policy)
     if own:
         reasons.append(own)

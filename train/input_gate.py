@@ -91,9 +91,8 @@ def _statistics(train: Pass, num_classes: int, grid: int) -> Tuple[np.ndarray, n
     return means, whitening, layout / max(float(np.linalg.norm(layout)), 1e-12)
 
 
-def _scores(statistics: GateStatistics, checkpoint: Dict, images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _scores(deployed, images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """output_0 and gate_0 for uint8 raw images, computed by the very network the ONNX gets."""
-    deployed = deployment(checkpoint, cam=False, gate=statistics)
     spec = deployed.info.spec  # what the host still does: CLAHE for such a model; "hist" runs in the graph
     with torch.inference_mode():
         parts = [deployed.network(torch.from_numpy(normalize(np.stack([equalize(image, spec) for image in
@@ -102,7 +101,7 @@ def _scores(statistics: GateStatistics, checkpoint: Dict, images: np.ndarray) ->
     return np.concatenate([p[0].numpy() for p in parts]), np.concatenate([p[-1].numpy() for p in parts])
 
 
-def _tuning_half(paths: List[str]) -> np.ndarray:
+def tuning_half(paths: List[str]) -> np.ndarray:
     """True for the validation patients the thresholds are chosen on (a stable hash of the patient)."""
     return np.array([zlib.crc32((patient_id(os.path.basename(p)) or os.path.basename(p)).encode()) % 2 == 0
                      for p in paths])
@@ -144,7 +143,7 @@ def fit_gate(checkpoint: Dict, data_dir: str, workers: int = 2, target_refusals:
         raise ToolkitError(f"the input gate's layout check needs a resolution divisible by 8..16, not {spec.resolution}")
     train_split = _load_raw(data_dir, "train", classes, spec, workers)
     val = _load_raw(data_dir, "val", classes, spec, workers)
-    tuning = _tuning_half(val.paths)
+    tuning = tuning_half(val.paths)
     if len(train_split) < minimum[0] or tuning.sum() < minimum[1] or (~tuning).sum() == 0:
         raise GateDataError(f"too few images to fit the input gate: {len(train_split)} train and {len(val)} "
                             f"validation images, {minimum[0]} and about {2 * minimum[1]} needed")
@@ -155,7 +154,8 @@ def fit_gate(checkpoint: Dict, data_dir: str, workers: int = 2, target_refusals:
     sets.update({f"val~{proxy}": degrade(sets["val"], proxy, seed=offset) for offset, proxy in enumerate(PROXIES)})
     provisional = GateStatistics(means, whitening, layout, GatePolicy(mahalanobis=np.inf, layout_margin=-np.inf))
     tqdm.write(f"=> input gate: scores of validation and its {len(PROXIES)} shifted copies")
-    passes = {name: _scores(provisional, checkpoint, images) for name, images in sets.items()}
+    gated = deployment(checkpoint, cam=False, gate=provisional)
+    passes = {name: _scores(gated, images) for name, images in sets.items()}
     mahalanobis, margin = _thresholds({n: gate[tuning] for n, (_, gate) in passes.items()}, target_refusals)
     positive = positive_index(classes, checkpoint.get("positive_class"))
     labels = val.labels.numpy()
