@@ -2,6 +2,7 @@
 
     python3 -m bench.classify_throughput                       # ../shared/datasets/chest_xray_fullres_samples
     python3 -m bench.classify_throughput --images DIR --passes 4
+    python3 -m bench.classify_throughput --ours-args "--precision int8"    # the INT8 ONNX (onnx_export.py --int8)
 
 Both read every image, classify it and write an annotated JPEG of the same size, in the same process:
 - naive: PIL open, torchvision transforms (Resize + ToTensor + Normalize), torch eager FP32,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import shlex
 import tempfile
 import time
 
@@ -78,6 +80,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", default=SHARED_IMAGES, help="folder of full-resolution X-rays")
     parser.add_argument("--model", default=default_model_path(), help="model folder (checkpoint + ONNX)")
     parser.add_argument("--passes", type=int, default=4, help="times the folder is processed")
+    parser.add_argument("--ours-args", default="", help="extra classify.py arguments for ours, e.g. \"--precision int8\"")
     parser.add_argument("--output", default=os.path.join("bench", "results", "classify_throughput.json"))
     return parser
 
@@ -90,14 +93,15 @@ def main(args: argparse.Namespace) -> int:
             os.makedirs(os.path.join(scratch, name))
         print(f"== {count} images ({args.passes} passes over {args.images})")
         print("== ours: classify.py (annotated images at full resolution, the default)")
-        full = ours(inputs, args.model, os.path.join(scratch, "ours"))
+        extra = shlex.split(args.ours_args)
+        full = ours(inputs, args.model, os.path.join(scratch, "ours"), *extra)
         print("== ours: classify.py --output-size decoded")
-        decoded = ours(inputs, args.model, os.path.join(scratch, "ours_decoded"), "--output-size", "decoded")
+        decoded = ours(inputs, args.model, os.path.join(scratch, "ours_decoded"), "--output-size", "decoded", *extra)
         print("== naive: PIL + torchvision + torch eager + PIL draw/save")
         naive_rate = naive(inputs, args.model, os.path.join(scratch, "naive"))
     print(f"\nnaive {naive_rate:.1f} img/s; classify.py {full:.1f} img/s ({full / naive_rate:.2f}x), "
           f"with --output-size decoded {decoded:.1f} img/s ({decoded / naive_rate:.2f}x)")
-    write_json(args.output, {"images": count, "passes": args.passes, "source": args.images,
+    write_json(args.output, {"images": count, "passes": args.passes, "source": args.images, "ours_args": args.ours_args,
                              "naive_images_per_second": naive_rate, "ours_images_per_second": full,
                              "ours_output_size_decoded_images_per_second": decoded,
                              "ratio": full / naive_rate, "ratio_output_size_decoded": decoded / naive_rate,

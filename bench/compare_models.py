@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import statistics
 import sys
-import time
 from typing import Dict, List
 
 import matplotlib
@@ -31,6 +29,7 @@ from cxr_jetson.core.errors import ToolkitError  # noqa: E402
 from cxr_jetson.core.metric_registry import METRICS, format_value  # noqa: E402
 from cxr_jetson.core.names import BEST_CHECKPOINT  # noqa: E402
 from cxr_jetson.edge.backends import BackendOptions  # noqa: E402
+from cxr_jetson.edge.benchmark import latencies_ms  # noqa: E402
 from cxr_jetson.edge.deployed_model import DeployedModel  # noqa: E402
 from cxr_jetson.export.onnx_export import ExportOptions, export_onnx  # noqa: E402
 from cxr_jetson.networks.checkpoint import load_checkpoint  # noqa: E402
@@ -71,14 +70,7 @@ def _latency_ms(onnx_path: str, runs: int) -> float:
     """Median ms of one preprocessed image through the device runner's ONNX Runtime back-end."""
     model = DeployedModel(onnx_path, "onnxruntime", options=BackendOptions())
     image = np.random.default_rng(0).integers(0, 256, (1, model.spec.resolution, model.spec.resolution), np.uint8)
-    for _ in range(5):
-        model.run(image)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model.run(image)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return float(np.median(latencies_ms(lambda: model.run(image), runs, warm_up=5)))
 
 
 def _roc_figure(evaluations: Dict[str, Evaluation], split: str, path: str) -> None:

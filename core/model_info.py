@@ -26,6 +26,7 @@ KEY_PROVENANCE = "cxr.provenance"
 KEY_GRAPH_EQUALIZE = "cxr.graph_equalize"
 KEY_FOLDED_THRESHOLD = "cxr.folded_threshold"
 KEY_GATE = "cxr.gate"
+KEY_QUANTIZATION = "cxr.quantization"
 
 _OUTPUT_PROBABILITIES = "softmax probabilities, one per label, in label order"
 _OUTPUT_FOLDED = ("softmax probabilities on the decision scale: the positive class's calibrated probability p "
@@ -49,6 +50,8 @@ class ModelInfo:
     folded_threshold: Optional[float] = None
     # The input gate's policy when the model computes gate_0 (core/input_gate.py).
     gate: Optional[GatePolicy] = None
+    # For an INT8 ONNX (export/quantize.py): its form, calibration and accuracy guard; None for float models.
+    quantization: Optional[Dict[str, Any]] = None
 
     def to_metadata(self) -> Dict[str, str]:
         entries = {
@@ -63,6 +66,8 @@ class ModelInfo:
         entries.update({key: str(value) for key, value in optional.items() if value is not None})
         if self.gate is not None:
             entries[KEY_GATE] = self.gate.to_json()
+        if self.quantization is not None:
+            entries[KEY_QUANTIZATION] = json.dumps(self.quantization, sort_keys=True)
         return entries
 
     @classmethod
@@ -75,6 +80,7 @@ class ModelInfo:
             threshold = float(metadata[KEY_THRESHOLD]) if KEY_THRESHOLD in metadata else None
             folded = float(metadata[KEY_FOLDED_THRESHOLD]) if KEY_FOLDED_THRESHOLD in metadata else None
             provenance = json.loads(metadata.get(KEY_PROVENANCE, "{}"))
+            quantization = json.loads(metadata[KEY_QUANTIZATION]) if KEY_QUANTIZATION in metadata else None
         except (ValueError, TypeError) as err:
             raise ToolkitError(f"the model's embedded metadata is malformed: {err}") from None
         return cls(labels=labels, spec=spec, threshold=threshold,
@@ -82,5 +88,6 @@ class ModelInfo:
                    threshold_policy=metadata.get(KEY_THRESHOLD_POLICY),
                    arch=metadata.get(KEY_ARCH), provenance=provenance,
                    graph_equalize=metadata.get(KEY_GRAPH_EQUALIZE), folded_threshold=folded,
-                   gate=GatePolicy.from_json(metadata[KEY_GATE]) if KEY_GATE in metadata else None)
+                   gate=GatePolicy.from_json(metadata[KEY_GATE]) if KEY_GATE in metadata else None,
+                   quantization=quantization)
 

@@ -35,5 +35,8 @@ MODEL_DIR_VARIABLE = "NET"
 # distances grow with how far out of scope an input is, past FP16's range. Tiny layers either way.
 FLOAT32_SCOPES = ("/equalize/", "/gate/")
 
+# The INT8 ONNX export/quantize.py writes beside the FP32 one: <arch>.int8.onnx.
+INT8_ONNX_SUFFIX = ".int8.onnx"
+
 # TensorRT engine precisions, the default first.
 PRECISIONS = ("fp16", "fp32", "int8")

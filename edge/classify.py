@@ -77,7 +77,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                         help="auto (default): TensorRT when installed with a GPU present, else ONNX Runtime")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="TensorRT engine / torch precision (default: fp16 on a GPU; ONNX Runtime runs fp32)")
+                        help="TensorRT engine / torch precision (default: fp16 on a GPU); ONNX Runtime runs the fp32 "
+                             "ONNX, or with int8 its quantized copy (onnx_export.py --int8)")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="images per inference call for folders and video files (default 1; above 1 needs "
                              "a --dynamic-batch export)")

@@ -32,11 +32,14 @@ from cxr_jetson.core.names import (
     CAM_NAME,
     GATE_NAME,
     INPUT_NAME,
+    INT8_ONNX_SUFFIX,
     OUTPUT_NAME,
     TOOLKIT,
     TOOLKIT_VERSION,
 )
 from cxr_jetson.export.graph import DEFAULT_OPSET, ExportError, export_graph, write_metadata
+from cxr_jetson.export.int8_guard import GuardBounds, guard
+from cxr_jetson.export.quantize import FORMS, METHODS, calibration_images, quantize, write_record
 from cxr_jetson.export.verify import verification_images, verify
 from cxr_jetson.networks.checkpoint import load_checkpoint
 from cxr_jetson.networks.deployable import deployment
@@ -55,6 +58,14 @@ class ExportOptions:
     gate: bool = True                    # the input gate fitted beside the checkpoint, as output gate_0
     verify_images: Optional[str] = None  # default: the validation images the model was trained with
     tolerance: float = 1e-4
+    int8: bool = False                   # also write <arch>.int8.onnx, if the accuracy guard passes
+    int8_form: str = "tensorrt"
+    calibration_images: Optional[str] = None  # default: the training images the model learnt from
+    calibration_count: int = 256
+    calibration_method: str = "minmax"
+    max_auc_drop: float = GuardBounds.max_auc_drop
+    max_changed: float = GuardBounds.max_changed
+    force_int8: bool = False             # write the INT8 ONNX even outside the guard's bounds
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ExportOptions":
@@ -89,7 +100,27 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="images to verify on (default: the validation images the model was trained with)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest allowed |probability difference| between ONNX Runtime and torch")
+    _add_int8_arguments(parser.add_argument_group("INT8 (a quantized ONNX beside the FP32 one)"))
     return parser
+
+
+def _add_int8_arguments(group) -> None:  # an argparse argument group
+    group.add_argument("--int8", action="store_true",
+                       help=f"also write <arch>{INT8_ONNX_SUFFIX}: Q/DQ nodes from ONNX Runtime's quantizer, calibrated "
+                            "on real images, kept only when the accuracy guard passes; classify.py --precision int8 "
+                            "and trt_build.py --precision int8 use it")
+    group.add_argument("--int8-form", choices=FORMS, default="tensorrt",
+                       help="tensorrt: symmetric signed INT8, for TensorRT and ARM CPUs; x86: unsigned activations, "
+                            "ONNX Runtime's fast path on x86 CPUs without VNNI (TensorRT cannot build it)")
+    group.add_argument("--calibration-images", default=None, metavar="DIR",
+                       help="calibration images (default: the training images the model learnt from)")
+    group.add_argument("--calibration-count", type=int, default=256, metavar="N", help="calibration images used")
+    group.add_argument("--calibration-method", choices=METHODS, default="minmax", help="how activation ranges are set")
+    group.add_argument("--max-auc-drop", type=float, default=GuardBounds.max_auc_drop,
+                       help="guard: largest AUC drop allowed on validation or any shift proxy")
+    group.add_argument("--max-changed", type=float, default=GuardBounds.max_changed,
+                       help="guard: largest share of answers (decided class or gate status) allowed to change")
+    group.add_argument("--force-int8", action="store_true", help="write the INT8 ONNX even outside the guard's bounds")
 
 
 def _provenance(checkpoint: Dict[str, Any], checkpoint_path: str, options: ExportOptions) -> Dict[str, Any]:
@@ -153,6 +184,37 @@ def export_onnx(options: ExportOptions) -> str:
             raise ExportError(f"ONNX Runtime and torch disagree by {max(differences):.3e} > "
                               f"{options.tolerance:.0e}; the ONNX was not written")
     _print_contract(output, info, options, CAM_NAME in outputs)
+    if options.int8:
+        _export_int8(output, info, checkpoint, options)
+    return output
+
+
+def _export_int8(fp32_path: str, info: ModelInfo, checkpoint: Dict[str, Any], options: ExportOptions) -> str:
+    """Quantize, guard and (only when in bounds, or forced) write ``<arch>.int8.onnx``; returns its path."""
+    data = (checkpoint.get("args") or {}).get("data")
+    calibration_folder = options.calibration_images or (os.path.join(data, "train") if data else None)
+    guard_folder = options.verify_images or _default_verify_folder(checkpoint)
+    for folder, flag in ((calibration_folder, "--calibration-images"), (guard_folder, "--verify-images")):
+        if not folder or not os.path.isdir(folder):
+            raise ExportError(f"--int8 needs real images: {folder or 'no folder'} not found; pass {flag} DIR")
+    output = fp32_path[:-len(".onnx")] + INT8_ONNX_SUFFIX
+    check_writable(output, "the INT8 ONNX")
+    calibration = calibration_images(calibration_folder, info.spec, options.calibration_count)
+    print(f"=> INT8 ({options.int8_form} form, {options.calibration_method}): calibrating on "
+          f"{len(calibration.images)} images from {calibration_folder}", flush=True)
+    bounds = GuardBounds(options.max_auc_drop, options.max_changed)
+    with atomic_path(output) as temporary:
+        record = quantize(fp32_path, temporary, calibration, info.spec, options.int8_form, options.calibration_method)
+        report = guard(fp32_path, temporary, guard_folder, info, bounds)
+        print(report.table())
+        failures = report.failures()
+        if failures and not options.force_int8:
+            raise ExportError(f"INT8 outside the guard's bounds ({'; '.join(failures)}): {output} not written; "
+                              "calibrate on more and varied images, or --force-int8 to write it anyway")
+        write_record(temporary, {**record, "guard": report.record()})
+    verdict = "inside" if not failures else "OUTSIDE (written because of --force-int8)"
+    print(f"=> INT8 model written to: {output} ({os.path.getsize(output) / 1e6:.1f} MB), {verdict} the guard's "
+          f"bounds (AUC drop <= {bounds.max_auc_drop}, answers changed <= {bounds.max_changed:.1%})")
     return output
 
 

@@ -6,6 +6,7 @@ two epochs) and reused by the tests that only read it.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from typing import List
@@ -60,3 +61,21 @@ def trained_model_dir(prepared_data, tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def exported_onnx(trained_model_dir) -> str:
     return export_onnx(ExportOptions(model_dir=trained_model_dir))
+
+
+# The session's validation set is a handful of images, where one flip is more than the guard's 1%: the
+# fixture opens the bounds (tests/test_int8.py tests the guard's refusals on their own).
+OPEN_BOUNDS = ("--max-auc-drop", "1", "--max-changed", "1")
+
+
+@pytest.fixture(scope="session")
+def int8_model_dir(trained_model_dir, tmp_path_factory) -> str:
+    model_dir = str(tmp_path_factory.mktemp("int8") / "model")
+    shutil.copytree(trained_model_dir, model_dir)
+    for name in os.listdir(model_dir):
+        if name.endswith(".onnx"):
+            os.unlink(os.path.join(model_dir, name))
+    result = run_script("onnx_export.py", "--model-dir", model_dir, "--int8", *OPEN_BOUNDS)
+    assert result.returncode == 0, result.stderr
+    assert "INT8 model written to" in result.stdout and "refusals changed" in result.stdout
+    return model_dir

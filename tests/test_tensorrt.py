@@ -1,8 +1,9 @@
 """trt_build.py and the GPU back-ends.
 
 The builder runs for real here through TensorRT-RTX, which builds engines on a machine without a
-GPU (it cannot run them). Running an engine needs TensorRT and a GPU: those tests run where both
-are present and are skipped elsewhere, with the reason.
+GPU (it cannot run them), INT8 ones included, from an INT8 ONNX quantized by export/quantize.py.
+Running an engine needs TensorRT and a GPU: those tests run where both are present and are skipped
+elsewhere, with the reason.
 """
 from __future__ import annotations
 
@@ -10,19 +11,21 @@ import json
 import os
 import shutil
 
-import numpy as np
 import onnx
 import pytest
 
 from cxr_jetson.core.files import sha256_file
-from cxr_jetson.core.preprocess import PreprocessSpec, load_for_network, normalize
-from cxr_jetson.edge.backends import auto_backend
+from cxr_jetson.core.model_files import ModelNotFoundError
+from cxr_jetson.core.model_info import ModelInfo
+from cxr_jetson.edge.backends import BackendOptions, auto_backend
+from cxr_jetson.edge.backends.trt_backend import _engine_for
 from cxr_jetson.edge.parity import compare
 from cxr_jetson.edge.tensorrt.api import TensorRTUnavailable, load_tensorrt
+from cxr_jetson.edge.tensorrt.builder import onnx_for
 from cxr_jetson.edge.tensorrt.cuda import CudaError, current_gpu, open_cuda
 from cxr_jetson.edge.tensorrt.engine_record import EngineRecord, engine_path_for
-from cxr_jetson.edge.tensorrt.int8_calibrator import CalibrationError, ImageBatcher, entropy_calibrator
-from tests.conftest import RESOLUTION, run_script
+from cxr_jetson.export.quantize import calibration_images, quantize, write_record
+from tests.conftest import run_script
 
 try:
     RTX = load_tensorrt("tensorrt_rtx")
@@ -57,6 +60,28 @@ def model_copy(exported_onnx, tmp_path) -> str:
 def _build(model_dir: str, *extra: str):
     return run_script("trt_build.py", "--model-dir", model_dir, *OFFLINE_TARGET, *extra,
                       env={"XDG_CACHE_HOME": os.path.join(model_dir, "cache")})
+
+
+def _quantize(fp32_onnx: str, output: str, images: str, form: str = "tensorrt", count: int = 6) -> str:
+    """The INT8 ONNX onnx_export.py --int8 writes (Q/DQ from ONNX Runtime's quantizer, its record in the
+    metadata), calibrated on ``count`` real images; the accuracy guard is export's business, not tested here."""
+    spec = ModelInfo.from_metadata({p.key: p.value for p in onnx.load(fp32_onnx).metadata_props}).spec
+    write_record(output, quantize(fp32_onnx, output, calibration_images(images, spec, count), spec, form))
+    return output
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(exported_onnx, prepared_data, tmp_path_factory) -> str:
+    """The TensorRT-form INT8 ONNX of the session's model, made once per module."""
+    output = str(tmp_path_factory.mktemp("int8") / "resnet18.int8.onnx")
+    return _quantize(exported_onnx, output, os.path.join(prepared_data, "train"))
+
+
+@pytest.fixture
+def quantized_copy(model_copy, int8_onnx) -> str:
+    """model_copy with its INT8 ONNX beside the FP32 one, as onnx_export.py --int8 leaves a model folder."""
+    shutil.copy(int8_onnx, os.path.join(model_copy, "resnet18.int8.onnx"))
+    return model_copy
 
 
 @needs_rtx
@@ -112,7 +137,7 @@ def test_damaged_engines_are_detected_and_rebuilt(model_copy, damage, message):
 
 
 @needs_rtx
-def test_dynamic_batch_profile(trained_model_dir, tmp_path):
+def test_dynamic_batch_profile(trained_model_dir, prepared_data, tmp_path):
     folder = tmp_path / "dynamic"
     export = run_script("onnx_export.py", "--input", os.path.join(trained_model_dir, "model_best.pth.tar"),
                         "--output", str(folder / "resnet18.onnx"), "--dynamic-batch")
@@ -121,6 +146,12 @@ def test_dynamic_batch_profile(trained_model_dir, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     record = EngineRecord.read(engine_path_for(str(folder / "resnet18.onnx"), "fp16", 4))
     assert record.batch == {"min": 1, "opt": 4, "max": 4}
+    # INT8 too: the quantized copy keeps the dynamic batch, and no calibration profile is needed.
+    _quantize(str(folder / "resnet18.onnx"), str(folder / "resnet18.int8.onnx"), os.path.join(prepared_data, "train"))
+    result = _build(str(folder), "--max-batch", "4", "--precision", "int8")
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = EngineRecord.read(str(folder / "resnet18.int8.b4.engine"))
+    assert record.batch == {"min": 1, "opt": 4, "max": 4} and record.precision == "int8"
 
 
 @needs_rtx
@@ -141,7 +172,9 @@ def test_bad_inputs_fail_in_one_line_and_leave_nothing_behind(model_copy, tmp_pa
         (str(renamed), (), "take input_0 and give output_0"),
         (model_copy, ("--max-batch", "4"), "fixed batch of 1"),
         (model_copy, ("--tactic-shared-memory", "0"), "could not build the engine"),
-        (model_copy, ("--precision", "int8"), "quantized (Q/DQ) ONNX"),
+        (model_copy, ("--precision", "int8"), "no INT8 model resnet18.int8.onnx beside"),
+        (model_copy, ("--precision", "int8", "--onnx", os.path.join(model_copy, "resnet18.onnx")),
+         "no INT8 model resnet18.int8.onnx beside"),
     ]
     for folder, extra, message in cases:
         before = set(os.listdir(folder))
@@ -161,71 +194,89 @@ def test_offline_build_without_a_target_says_what_to_pass(model_copy):
     assert result.returncode == 2 and "--compute-capability" in result.stderr
 
 
-def test_int8_needs_real_images_or_a_cache(tmp_path, prepared_data):
-    with pytest.raises(CalibrationError, match="random calibration"):
-        entropy_calibrator(None, None, str(tmp_path / "absent.calibration"), None, (1, 3, RESOLUTION, RESOLUTION))
-    spec_image = next(iter(ImageBatcher(os.path.join(prepared_data, "val"), _spec(), 4, 8)))
-    assert spec_image.shape == (4, 3, RESOLUTION, RESOLUTION) and spec_image.dtype == np.float32
-    with pytest.raises(CalibrationError, match="at least one batch"):
-        ImageBatcher(os.path.join(prepared_data, "val"), _spec(), 1000, 1000)
+@needs_rtx
+def test_int8_engine_from_the_quantized_onnx(quantized_copy):
+    fp32, int8 = (os.path.join(quantized_copy, name) for name in ("resnet18.onnx", "resnet18.int8.onnx"))
+    for precision in ("fp16", "int8"):
+        result = _build(quantized_copy, "--precision", precision)
+        assert result.returncode == 0, result.stdout + result.stderr
+    engines = {p: engine_path_for(fp32 if p == "fp16" else int8, p, 1) for p in ("fp16", "int8")}
+    assert engines["int8"] == os.path.join(quantized_copy, "resnet18.int8.b1.engine")
+    records = {p: EngineRecord.read(path) for p, path in engines.items()}
+    assert (records["fp16"].precision, records["fp16"].onnx) == ("fp16", "resnet18.onnx")
+    assert (records["int8"].precision, records["int8"].onnx) == ("int8", "resnet18.int8.onnx")
+    assert records["int8"].onnx_sha256 == sha256_file(int8) != records["fp16"].onnx_sha256
+    assert json.loads(records["int8"].model_metadata["cxr.quantization"])["form"] == "tensorrt"
+    assert records["int8"].engine_bytes < records["fp16"].engine_bytes  # INT8 weights: a quarter of FP32's
+    named = run_script("trt_build.py", "--onnx", int8, "--precision", "int8", *OFFLINE_TARGET,
+                       env={"XDG_CACHE_HOME": os.path.join(quantized_copy, "cache")})
+    assert named.returncode == 0 and f"using cached engine {engines['int8']}" in named.stdout, named.stderr
+    # The TensorRT back-end (classify.py --backend tensorrt) picks the same engines; build=False: nothing is built.
+    for model, precision, engine in ((fp32, "int8", "int8"), (int8, None, "int8"), (fp32, None, "fp16")):
+        assert _engine_for(model, BackendOptions(precision=precision, build=False), RTX, None) == engines[engine]
 
 
-class _HostMemory:
-    """The CUDA runtime's buffer interface over host memory: the calibrator's batching runs without a GPU,
-    and every copy must fit the buffer it goes to."""
-
-    def __init__(self) -> None:
-        self.buffers: list = []
-        self.copies: list = []
-
-    def pinned_array(self, shape, dtype) -> np.ndarray:
-        return np.zeros(shape, dtype)
-
-    def device_buffer(self, nbytes: int) -> int:
-        self.buffers.append(nbytes)
-        return len(self.buffers) - 1
-
-    def to_device(self, pointer: int, host: np.ndarray) -> None:
-        assert host.nbytes <= self.buffers[pointer], "a copy past the end of the device buffer"
-        self.copies.append(host.shape)
-
-    def synchronize(self) -> None:
-        """Copies above are immediate."""
+@needs_rtx
+def test_a_re_quantized_or_old_calibrated_int8_engine_is_rebuilt(quantized_copy, prepared_data):
+    int8 = os.path.join(quantized_copy, "resnet18.int8.onnx")
+    assert _build(quantized_copy, "--precision", "int8").returncode == 0
+    _quantize(os.path.join(quantized_copy, "resnet18.onnx"), int8, os.path.join(prepared_data, "train"), count=3)
+    check = _build(quantized_copy, "--precision", "int8", "--check")
+    assert check.returncode == 1 and "resnet18.int8.onnx changed since the engine was built" in check.stdout
+    # An INT8 engine an older toolkit calibrated from resnet18.onnx has the same name: its sidecar gives it away.
+    assert _build(quantized_copy).returncode == 0
+    engine = os.path.join(quantized_copy, "resnet18.int8.b1.engine")
+    for suffix in ("", ".json"):
+        shutil.copy(os.path.join(quantized_copy, "resnet18.fp16.b1.engine") + suffix, engine + suffix)
+    check = _build(quantized_copy, "--precision", "int8", "--check")
+    assert check.returncode == 1 and "built from resnet18.onnx, not resnet18.int8.onnx" in check.stdout
+    rebuilt = _build(quantized_copy, "--precision", "int8")
+    assert rebuilt.returncode == 0 and EngineRecord.read(engine).onnx_sha256 == sha256_file(int8)
+    assert _build(quantized_copy, "--check").returncode == 0  # the FP16 engine is untouched
 
 
-class _CalibratorBase:
-    """What the calibrator needs of trt.IInt8EntropyCalibrator2: a base class to initialise."""
-
-    def __init__(self) -> None:
-        """Nothing to set up."""
-
-
-@pytest.mark.parametrize("network_batch", [1, 3])
-def test_int8_calibration_feeds_the_networks_own_batch(tmp_path, prepared_data, network_batch):
-    # TensorRT calibrates an explicit-batch network at its input shape; every image is used, in batches of it.
-    shape = (network_batch, 3, RESOLUTION, RESOLUTION)
-    batcher = ImageBatcher(os.path.join(prepared_data, "val"), _spec(), network_batch, 1000)
-    memory = _HostMemory()
-    module = type("tensorrt", (), {"IInt8EntropyCalibrator2": _CalibratorBase})
-    calibrator = entropy_calibrator(module, batcher, str(tmp_path / "cache"), memory, shape)
-    assert calibrator.get_batch_size() == network_batch and memory.buffers == [int(np.prod(shape)) * 4]
-    while calibrator.get_batch(["input_0"]) is not None:
-        pass
-    assert memory.copies and all(copy == shape for copy in memory.copies)
-    assert len(memory.copies) == len(batcher.paths) // network_batch
-    with pytest.raises(CalibrationError, match="network calibrated at batch"):
-        entropy_calibrator(module, batcher, str(tmp_path / "cache"), memory, (network_batch + 1, 3, RESOLUTION, RESOLUTION))
-
-
-def _spec() -> PreprocessSpec:
-    return PreprocessSpec(resolution=RESOLUTION)
+@needs_rtx
+def test_int8_onnx_tensorrt_cannot_build_is_refused_in_one_line(quantized_copy, prepared_data, tmp_path):
+    x86 = tmp_path / "x86"
+    x86.mkdir()
+    fp32 = shutil.copy(os.path.join(quantized_copy, "resnet18.onnx"), x86 / "resnet18.onnx")
+    _quantize(str(fp32), str(x86 / "resnet18.int8.onnx"), os.path.join(prepared_data, "train"), form="x86")
+    unrecorded = onnx.load(str(x86 / "resnet18.int8.onnx"))  # as another quantizer would leave it: no record
+    kept = [prop for prop in unrecorded.metadata_props if prop.key != "cxr.quantization"]
+    del unrecorded.metadata_props[:]
+    unrecorded.metadata_props.extend(kept)
+    onnx.save(unrecorded, str(tmp_path / "bare.int8.onnx"))
+    cases = [(str(x86), ("--precision", "int8"), ("in the x86 INT8 form", "--int8-form tensorrt")),
+             (str(x86), ("--precision", "int8", "--onnx", str(tmp_path / "bare.int8.onnx")), ("in the x86 INT8 form",)),
+             (quantized_copy, ("--onnx", os.path.join(quantized_copy, "resnet18.int8.onnx")),
+              ("is quantized (INT8, Q/DQ nodes): build it with --precision int8",))]
+    for folder, extra, messages in cases:
+        before = set(os.listdir(folder))
+        result = _build(folder, *extra)
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and last.startswith("trt_build.py: error:"), result.stderr
+        assert all(message in last for message in messages), last
+        assert "Traceback" not in result.stderr
+        assert not {name for name in set(os.listdir(folder)) - before if name.endswith(".engine")}
 
 
-def test_calibration_batches_are_the_device_preprocessing(prepared_data):
-    batcher = ImageBatcher(os.path.join(prepared_data, "val"), _spec(), 2, 2)
-    batch = next(iter(batcher))
-    expected = normalize(np.stack([load_for_network(p, _spec()) for p in batcher.paths[:2]]), _spec())
-    np.testing.assert_array_equal(batch, expected)
+@pytest.mark.parametrize("flag, value", [("--calibration-images", "data/pneumonia/val"), ("--calibration-count", "64")])
+def test_the_implicit_calibration_flags_point_to_the_int8_export(model_copy, flag, value):
+    result = run_script("trt_build.py", "--model-dir", model_copy, "--precision", "int8", flag, value)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and last.startswith(f"trt_build.py: error: {flag} is gone"), result.stderr
+    assert "python3 onnx_export.py --model-dir DIR --int8" in last
+
+
+def test_int8_builds_the_quantized_onnx_beside_the_model(quantized_copy):
+    fp32, int8 = (os.path.join(quantized_copy, name) for name in ("resnet18.onnx", "resnet18.int8.onnx"))
+    assert onnx_for(quantized_copy, "int8") == onnx_for(fp32, "int8") == onnx_for(int8, "int8") == int8
+    assert onnx_for(quantized_copy, "fp16") == fp32  # the INT8 ONNX is the FP32 model's copy, not a second model
+    assert engine_path_for(fp32, "fp16", 1) == os.path.join(quantized_copy, "resnet18.fp16.b1.engine")
+    assert engine_path_for(int8, "int8", 4) == os.path.join(quantized_copy, "resnet18.int8.b4.engine")
+    os.remove(int8)
+    with pytest.raises(ModelNotFoundError, match="onnx_export.py --model-dir .* --int8"):
+        onnx_for(quantized_copy, "int8")
 
 
 def test_tensorrt_backend_without_a_gpu_is_a_clear_error(exported_onnx, prepared_data):

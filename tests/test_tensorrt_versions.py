@@ -28,8 +28,7 @@ from cxr_jetson.edge.tensorrt.api import MINIMUM_TENSORRT, TensorRT, TensorRTVer
 from tests.conftest import REPO
 
 RECORDS = sorted(glob.glob(os.path.join(REPO, "tests", "data", "tensorrt", "*.json")))
-CODE = ["edge/tensorrt/api.py", "edge/tensorrt/builder.py", "edge/tensorrt/progress.py",
-        "edge/tensorrt/int8_calibrator.py", "edge/backends/trt_backend.py"]
+CODE = ["edge/tensorrt/api.py", "edge/tensorrt/builder.py", "edge/tensorrt/progress.py", "edge/backends/trt_backend.py"]
 MODULE = "<module>"
 
 # Names the code gives TensorRT objects -> their class.
@@ -45,10 +44,9 @@ USED: Dict[Tuple[str, str], Optional[str]] = {
     (MODULE, "BuilderFlag"): None, (MODULE, "MemoryPoolType"): None, (MODULE, "TensorIOMode"): None,
     (MODULE, "NetworkDefinitionCreationFlag"): None, (MODULE, "float32"): None,
     (MODULE, "IProgressMonitor"): "has_progress_monitor",
-    (MODULE, "IInt8EntropyCalibrator2"): "has_int8_calibration",
     (MODULE, "ComputeCapability"): "is_rtx",
     ("Logger", "ERROR"): None, ("Logger", "WARNING"): None, ("Logger", "INFO"): None, ("Logger", "VERBOSE"): None,
-    ("BuilderFlag", "FP16"): "weakly_typed", ("BuilderFlag", "INT8"): "has_int8_calibration",
+    ("BuilderFlag", "FP16"): "weakly_typed", ("BuilderFlag", "INT8"): "weakly_typed",
     ("BuilderFlag", "OBEY_PRECISION_CONSTRAINTS"): "weakly_typed",
     ("MemoryPoolType", "WORKSPACE"): None, ("MemoryPoolType", "TACTIC_SHARED_MEMORY"): "has_tactic_shared_memory",
     ("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH"): "needs_explicit_batch_flag",
@@ -59,8 +57,6 @@ USED: Dict[Tuple[str, str], Optional[str]] = {
     ("IBuilderConfig", "add_optimization_profile"): None, ("IBuilderConfig", "create_timing_cache"): None,
     ("IBuilderConfig", "set_timing_cache"): None, ("IBuilderConfig", "get_timing_cache"): None,
     ("IBuilderConfig", "progress_monitor"): "has_progress_monitor",
-    ("IBuilderConfig", "int8_calibrator"): "has_int8_calibration",
-    ("IBuilderConfig", "set_calibration_profile"): "has_int8_calibration",
     ("IBuilderConfig", "num_compute_capabilities"): "is_rtx", ("IBuilderConfig", "set_compute_capability"): "is_rtx",
     ("ComputeCapability", "CURRENT"): "is_rtx",
     ("IOptimizationProfile", "set_shape"): None,
@@ -69,7 +65,7 @@ USED: Dict[Tuple[str, str], Optional[str]] = {
     ("INetworkDefinition", "num_inputs"): None, ("INetworkDefinition", "num_outputs"): None,
     ("INetworkDefinition", "get_input"): None, ("INetworkDefinition", "get_output"): None,
     ("INetworkDefinition", "num_layers"): None, ("INetworkDefinition", "get_layer"): None,
-    ("ILayer", "name"): None, ("ILayer", "num_outputs"): None, ("ILayer", "get_output"): None,
+    ("ILayer", "name"): None, ("ILayer", "type"): None, ("ILayer", "num_outputs"): None, ("ILayer", "get_output"): None,
     ("ILayer", "precision"): "weakly_typed", ("ILayer", "set_output_type"): "weakly_typed",
     ("ITensor", "name"): None, ("ITensor", "shape"): None, ("ITensor", "dtype"): None,
     ("ITimingCache", "serialize"): None,
@@ -79,21 +75,15 @@ USED: Dict[Tuple[str, str], Optional[str]] = {
     ("ICudaEngine", "get_tensor_mode"): None, ("ICudaEngine", "create_execution_context"): None,
     ("IExecutionContext", "set_tensor_address"): None, ("IExecutionContext", "set_input_shape"): None,
     ("IExecutionContext", "execute_async_v3"): None,
-    # What TensorRT calls on the subclasses the code defines (progress.py, int8_calibrator.py).
+    # What TensorRT calls on the subclass the code defines (progress.py).
     ("IProgressMonitor", "__init__"): "has_progress_monitor",
     ("IProgressMonitor", "phase_start"): "has_progress_monitor",
     ("IProgressMonitor", "step_complete"): "has_progress_monitor",
     ("IProgressMonitor", "phase_finish"): "has_progress_monitor",
-    ("IInt8EntropyCalibrator2", "__init__"): "has_int8_calibration",
-    ("IInt8EntropyCalibrator2", "get_batch_size"): "has_int8_calibration",
-    ("IInt8EntropyCalibrator2", "get_batch"): "has_int8_calibration",
-    ("IInt8EntropyCalibrator2", "read_calibration_cache"): "has_int8_calibration",
-    ("IInt8EntropyCalibrator2", "write_calibration_cache"): "has_int8_calibration",
 }
 # How a guard reads in the code, and the helpers only ever called under it.
 GUARD_TOKENS = {"weakly_typed": "strongly_typed"}
-GUARDED_HELPERS = {"has_progress_monitor": {"progress_monitor"}, "has_int8_calibration": {"entropy_calibrator"},
-                   "weakly_typed": {"_keep_float32"}}
+GUARDED_HELPERS = {"has_progress_monitor": {"progress_monitor"}, "weakly_typed": {"_keep_float32"}}
 # Present in a supported version but wrong there: never to be used.
 BROKEN = {(MODULE, "nptype"): "TensorRT 8.5.2 maps BOOL to np.bool, which numpy 1.24 removed (fixed in 8.5.3)"}
 
@@ -196,6 +186,15 @@ def test_no_member_broken_in_a_supported_version_is_used():
     assert not used_members() & set(BROKEN), [BROKEN[m] for m in used_members() & set(BROKEN)]
 
 
+def test_int8_is_explicit_quantization_on_every_version():
+    # Every supported TensorRT parses Q/DQ ONNX (since 8.0); the implicit calibrator, deprecated in 10.1 and
+    # gone in 11 and RTX, is used nowhere.
+    assert not [member for member in used_members() if any("calibrat" in name.lower() for name in member)]
+    for trt in (recorded_tensorrt(_record(path)) for path in RECORDS):
+        flags = trt.module.BuilderFlag
+        assert trt.strongly_typed or (hasattr(flags, "INT8") and hasattr(flags, "FP16")), trt.label
+
+
 @pytest.mark.parametrize("path", RECORDS, ids=[os.path.basename(p)[:-5] for p in RECORDS])
 def test_every_member_is_there_or_guarded(path):
     trt = recorded_tensorrt(_record(path))
@@ -227,7 +226,6 @@ def test_guards_say_what_each_version_can_do():
     assert not old.has_tactic_shared_memory and not old.has_progress_monitor and old.needs_explicit_batch_flag
     assert ten.has_tactic_shared_memory and ten.has_progress_monitor and not ten.needs_explicit_batch_flag
     assert not old.strongly_typed and not ten.strongly_typed and eleven.strongly_typed
-    assert old.has_int8_calibration and ten.has_int8_calibration and not eleven.has_int8_calibration
     assert not eleven.needs_explicit_batch_flag  # EXPLICIT_BATCH is gone in 11
 
 

@@ -1,11 +1,12 @@
-"""ONNX Runtime back-end: runs the exported .onnx on the CUDA provider when present, else the CPU."""
+"""ONNX Runtime back-end: runs the exported .onnx on the CUDA provider when present, else the CPU;
+``--precision int8`` runs its quantized copy (``<arch>.int8.onnx``, onnx_export.py --int8) instead."""
 from __future__ import annotations
 
 from typing import Tuple
 
 import numpy as np
 
-from cxr_jetson.core.model_files import locate_model
+from cxr_jetson.core.model_files import int8_model, locate_model, stale_int8
 from cxr_jetson.core.model_info import ModelInfo
 from cxr_jetson.core.names import CAM_NAME, GATE_NAME
 from cxr_jetson.edge.backends import Backend, BackendError, BackendOptions
@@ -18,10 +19,10 @@ class OnnxRuntimeBackend(Backend):
     precision = "fp32"
 
     def __init__(self, model: str, options: BackendOptions = BackendOptions()) -> None:
-        if options.precision not in (None, "fp32"):
-            raise BackendError(f"ONNX Runtime runs the FP32 ONNX; --precision {options.precision} needs "
-                               "--backend tensorrt or torch")
-        self.model_file = locate_model(model, ("onnx",))
+        if options.precision not in (None, "fp32", "int8"):
+            raise BackendError(f"ONNX Runtime runs the FP32 ONNX or its INT8 copy; --precision {options.precision} "
+                               "needs --backend tensorrt or torch")
+        self.model_file = int8_model(model) if options.precision == "int8" else locate_model(model, ("onnx",))
         try:
             import onnxruntime
         except ImportError:
@@ -54,6 +55,11 @@ class OnnxRuntimeBackend(Backend):
         self.num_classes = outputs[0].shape[-1]
         self.device = "cuda" if self.session.get_providers()[0].startswith("CUDA") else "cpu"
         self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map)
+        if self.info.quantization is not None:
+            self.precision = "int8"
+            stale = stale_int8(self.model_file, self.info.quantization)
+            if stale:
+                raise BackendError(stale)
 
     def run_all(self, batch: np.ndarray) -> Tuple[np.ndarray, ...]:
         return tuple(self.session.run(self.output_names, {self.input_name: batch}))

@@ -1,4 +1,5 @@
-"""TensorRT back-end: builds or loads the cached engine (like jetson-inference) and runs it.
+"""TensorRT back-end: builds or loads the cached engine (like jetson-inference) and runs it; with
+``--precision int8`` the engine of the quantized ``<arch>.int8.onnx`` (onnx_export.py --int8).
 
 One stream, page-locked host buffers sized for the engine's largest batch, device buffers for every
 I/O tensor, the name-based tensor API (``set_tensor_address``/``execute_async_v3``, TensorRT 8.5+).
@@ -14,7 +15,7 @@ import numpy as np
 
 from cxr_jetson.core.model_files import locate_model
 from cxr_jetson.core.model_info import ModelInfo
-from cxr_jetson.core.names import CAM_NAME, GATE_NAME, INPUT_NAME, OUTPUT_NAME
+from cxr_jetson.core.names import CAM_NAME, GATE_NAME, INPUT_NAME, INT8_ONNX_SUFFIX, OUTPUT_NAME
 from cxr_jetson.edge.backends import Backend, BackendError, BackendOptions
 from cxr_jetson.edge.tensorrt.api import TensorRT, load_tensorrt, numpy_dtype
 from cxr_jetson.edge.tensorrt.cuda import GpuIdentity, open_cuda
@@ -28,9 +29,11 @@ def _engine_for(path: str, options: BackendOptions, trt: TensorRT, gpu: GpuIdent
         if reasons:
             raise BackendError(f"{path} cannot be used here: {'; '.join(reasons)}; rebuild it with trt_build.py")
         return path
-    from cxr_jetson.edge.tensorrt.builder import BuildOptions, ensure_engine  # needs onnx; only to (re)build
-    build = BuildOptions(precision=options.precision or "fp16", max_batch=options.batch_size)
-    return ensure_engine(path, build, build=options.build, force=force, trt=trt)
+    from cxr_jetson.edge.tensorrt.builder import BuildOptions, ensure_engine, onnx_for  # needs onnx; only to build
+    # A named INT8 ONNX means INT8, as ONNX Runtime runs it; a model folder or FP32 ONNX means FP16 unless told.
+    precision = options.precision or ("int8" if path.lower().endswith(INT8_ONNX_SUFFIX) else "fp16")
+    build = BuildOptions(precision=precision, max_batch=options.batch_size)
+    return ensure_engine(onnx_for(path, precision), build, build=options.build, force=force, trt=trt)
 
 
 class TensorRTBackend(Backend):

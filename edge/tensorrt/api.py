@@ -1,12 +1,15 @@
 """Which TensorRT is installed, and what its version can do: the one place version differences live.
 
 Supported: TensorRT 8.5 (JetPack 5.1.x: 8.5.2), 8.6, 10.x (JetPack 6.1/6.2: 10.3), 11 and TensorRT-RTX.
-- 8.5 and 8.6: weakly typed (``BuilderFlag.FP16``); explicit-batch networks need their creation flag;
-  no ``IProgressMonitor`` and no ``MemoryPoolType.TACTIC_SHARED_MEMORY`` (both arrived in 10.0);
-- 10.x: weakly typed, ``IProgressMonitor``, the INT8 calibrator deprecated (10.1) but working;
+- 8.5 and 8.6: weakly typed (``BuilderFlag.FP16``, ``BuilderFlag.INT8``); explicit-batch networks need
+  their creation flag; no ``IProgressMonitor`` and no ``MemoryPoolType.TACTIC_SHARED_MEMORY`` (both
+  arrived in 10.0);
+- 10.x: weakly typed, ``IProgressMonitor``;
 - 11 and TensorRT-RTX (``tensorrt_rtx``): strongly typed; an FP16 engine needs an FP16 network (see
-  edge/tensorrt/fp16_onnx.py), INT8 a quantized (Q/DQ) one. TensorRT-RTX also builds on a machine
-  without a GPU when the target compute capabilities are named.
+  edge/tensorrt/fp16_onnx.py). TensorRT-RTX also builds on a machine without a GPU when the target
+  compute capabilities are named.
+INT8 is a quantized (Q/DQ) ONNX in every version: TensorRT has parsed Q/DQ since 8.0, so the implicit
+INT8 calibrator (deprecated in 10.1, gone in 11 and RTX) is not used anywhere.
 Every member the code touches is checked against each version's recorded API in
 tests/test_tensorrt_versions.py; the ones a version lacks are reached only through a guard here.
 """
@@ -74,11 +77,6 @@ class TensorRT:
     def has_progress_monitor(self) -> bool:
         """``IProgressMonitor`` (TensorRT 10+); 8.x builds show elapsed time instead."""
         return hasattr(self.module, "IProgressMonitor")
-
-    @property
-    def has_int8_calibration(self) -> bool:
-        """Implicit INT8 (a calibrator) exists up to TensorRT 10; 11 and RTX need Q/DQ networks."""
-        return hasattr(self.module, "IInt8EntropyCalibrator2") and hasattr(self.module.BuilderFlag, "INT8")
 
     @property
     def has_tactic_shared_memory(self) -> bool:

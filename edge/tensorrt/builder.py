@@ -1,10 +1,16 @@
 """The TensorRT engine builder: ONNX -> engine, FP16 by default, cached beside the ONNX with a sidecar.
 
-The engine (``resnet18.fp16.b1.engine``) and its sidecar (``.engine.json``: TensorRT version, GPU,
-precision, batch profile, the ONNX's sha256, the engine's own sha256) are written atomically. An
-engine that no longer matches its ONNX, TensorRT or GPU is rebuilt (``ensure_engine``); the TensorRT
-back-end does the same on load, or refuses with --no-build. Build and inference are linked only by
-the engine file and its sidecar, as in NVIDIA's TensorRT samples. The command is trt_build.py.
+INT8 is explicit quantization: the engine is built from the quantized ``resnet18.int8.onnx`` that
+onnx_export.py --int8 writes (Q/DQ nodes calibrated on real images there), with no calibrator here,
+on every TensorRT: 8.5 and 10.x get BuilderFlag.INT8 (and FP16 for the layers left in float), 11 and
+TensorRT-RTX (strongly typed) take the Q/DQ network as it is.
+
+The engine (``resnet18.fp16.b1.engine``, ``resnet18.int8.b1.engine``) and its sidecar (``.engine.json``:
+TensorRT version, GPU, precision, batch profile, the ONNX's sha256, the engine's own sha256) are
+written atomically. An engine that no longer matches its ONNX, TensorRT or GPU is rebuilt
+(``ensure_engine``); the TensorRT back-end does the same on load, or refuses with --no-build. Build
+and inference are linked only by the engine file and its sidecar, as in NVIDIA's TensorRT samples.
+The command is trt_build.py.
 """
 from __future__ import annotations
 
@@ -19,16 +25,18 @@ import onnx
 
 from cxr_jetson.core.errors import ToolkitError
 from cxr_jetson.core.files import atomic_path, check_writable, sha256_file
+from cxr_jetson.core.model_files import int8_model, locate_model, stale_int8
 from cxr_jetson.core.model_info import ModelInfo
 from cxr_jetson.core.names import FLOAT32_SCOPES, INPUT_NAME, OUTPUT_NAME, PRECISIONS
 from cxr_jetson.edge.tensorrt.api import TensorRT, load_tensorrt
-from cxr_jetson.edge.tensorrt.cuda import GpuIdentity, current_gpu, open_cuda
+from cxr_jetson.edge.tensorrt.cuda import GpuIdentity, current_gpu
 from cxr_jetson.edge.tensorrt.engine_record import EngineRecord, engine_path_for, stale_reasons
 from cxr_jetson.edge.tensorrt.fp16_onnx import fp16_model
-from cxr_jetson.edge.tensorrt.int8_calibrator import ImageBatcher, entropy_calibrator
 from cxr_jetson.edge.tensorrt.progress import Spinner, progress_monitor
 
 LOG_LEVELS = ("error", "warning", "info", "verbose")
+# The layers of a quantized network whose types its scales set; never constrained to float32 here.
+_QDQ_LAYERS = ("QUANTIZE", "DEQUANTIZE")
 
 
 class BuildError(ToolkitError):
@@ -44,9 +52,6 @@ class BuildOptions:
     timing_cache: Optional[str] = None
     compute_capabilities: Tuple[str, ...] = ()  # TensorRT-RTX offline targets
     log_level: str = "warning"
-    calibration_images: Optional[str] = None
-    calibration_count: int = 512             # the most calibration images used
-    calibration_cache: Optional[str] = None  # default: beside the ONNX, <stem>.int8.calibration
 
 
 def _default_timing_cache(trt: TensorRT, gpu: Optional[GpuIdentity]) -> str:
@@ -71,7 +76,8 @@ class EngineBuilder:
         parser = self.trt.module.OnnxParser(network, self.logger)
         if not parser.parse(onnx_bytes):
             errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
-            raise BuildError(f"TensorRT cannot parse {name}: {errors[0] if errors else 'unknown error'}")
+            reason = "; ".join(line.strip() for line in errors[0].splitlines() if line.strip()) if errors else ""
+            raise BuildError(f"TensorRT cannot parse {name}: {reason or 'unknown error'}")
         inputs = [network.get_input(i) for i in range(network.num_inputs)]
         outputs = [network.get_output(i) for i in range(network.num_outputs)]
         for kind, tensors in (("input", inputs), ("output", outputs)):
@@ -86,13 +92,14 @@ class EngineBuilder:
         return network, shape
 
     def _keep_float32(self, network) -> None:
-        """Weakly typed FP16/INT8 builds may run any layer in FP16: the in-graph equalisation's pixel counts
-        (up to R x R) and the input gate's distances must stay in float32. Strongly typed TensorRT takes its types from the network
-        (edge/tensorrt/fp16_onnx.py keeps those nodes float32)."""
+        """Weakly typed FP16/INT8 builds may run any float layer in FP16: the in-graph equalisation's pixel counts
+        (up to R x R) and the input gate's distances must stay in float32. Strongly typed TensorRT takes its types
+        from the network (edge/tensorrt/fp16_onnx.py keeps those nodes float32; the INT8 ONNX leaves them float32).
+        The Q/DQ layers at a scope's edge are left alone: their scales, not a precision, define them."""
         kept = 0
         for index in range(network.num_layers):
             layer = network.get_layer(index)
-            if layer.name.startswith(FLOAT32_SCOPES):
+            if layer.name.startswith(FLOAT32_SCOPES) and layer.type.name not in _QDQ_LAYERS:
                 layer.precision = self.trt.module.float32
                 for output in range(layer.num_outputs):
                     if layer.get_output(output).dtype == self.trt.module.float32:
@@ -114,32 +121,17 @@ class EngineBuilder:
                              "export with onnx_export.py --dynamic-batch to build for larger batches")
         return {"min": batch, "opt": batch, "max": batch}
 
-    def _configure_precision(self, network, spec, shape: Tuple[int, ...]) -> Optional[object]:
-        """Builder flags for weakly typed TensorRT; strongly typed ones get an FP16 network instead."""
-        flags, precision = self.trt.module.BuilderFlag, self.options.precision
-        if precision == "fp16" and not self.trt.strongly_typed:
-            self.config.set_flag(flags.FP16)
-            self._keep_float32(network)
-        if precision != "int8":
-            return None
-        if not self.trt.has_int8_calibration:
-            raise BuildError(f"{self.trt.label} builds INT8 only from a quantized (Q/DQ) ONNX, which this toolkit "
-                             "does not make yet; use --precision fp16")
-        # TensorRT calibrates an explicit-batch network at its input shape: the fixed batch of the ONNX, or the
-        # optimum of the profile (which _batch_profile sets to --max-batch).
-        input_shape = (shape[0] if shape[0] > 0 else self.options.max_batch,) + tuple(shape[1:])
-        batcher = (ImageBatcher(self.options.calibration_images, spec, input_shape[0], self.options.calibration_count)
-                   if self.options.calibration_images else None)
-        self.cuda = open_cuda()  # calibration batches go through GPU memory
-        calibrator = entropy_calibrator(self.trt.module, batcher, self.options.calibration_cache, self.cuda,
-                                        input_shape)
-        self.config.set_flag(flags.INT8)
-        self.config.set_flag(flags.FP16)  # layers INT8 cannot run fall back to FP16, not FP32
+    def _configure_precision(self, network) -> None:
+        """Builder flags for weakly typed TensorRT (8.5, 10.x). Strongly typed TensorRT (11, RTX) takes every type
+        from the network: an FP16 copy for FP16 (_onnx_for_build), the Q/DQ network as it is for INT8."""
+        if self.trt.strongly_typed or self.options.precision == "fp32":
+            return
+        flags = self.trt.module.BuilderFlag
+        if self.options.precision == "int8":
+            # Explicit quantization: the network's Q/DQ scales say what runs in INT8, so no calibrator is set.
+            self.config.set_flag(flags.INT8)
+        self.config.set_flag(flags.FP16)  # FP16, or the layers INT8 leaves in float: FP16 rather than FP32
         self._keep_float32(network)
-        self.config.int8_calibrator = calibrator
-        if self.profile is not None:
-            self.config.set_calibration_profile(self.profile)
-        return calibrator
 
     def _configure_target(self) -> List[str]:
         if not self.trt.is_rtx:
@@ -174,14 +166,14 @@ class EngineBuilder:
             with atomic_path(self.options.timing_cache) as temporary, open(temporary, "wb") as handle:
                 handle.write(bytes(cache.serialize()))
 
-    def create_engine(self, network, shape: Tuple[int, ...], spec) -> Tuple[bytes, Dict[str, int], List[str], float]:
+    def create_engine(self, network, shape: Tuple[int, ...]) -> Tuple[bytes, Dict[str, int], List[str], float]:
         if self.options.workspace_mib:
             self.trt.set_workspace(self.config, self.options.workspace_mib << 20)
         if self.options.tactic_shared_kib is not None:
             self.trt.set_tactic_shared_memory(self.config, self.options.tactic_shared_kib << 10)
         batch = self._batch_profile(shape)
         targets = self._configure_target()
-        self._configure_precision(network, spec, shape)
+        self._configure_precision(network)
         timing_cache = self._load_timing_cache()
         print(f"building a {self.options.precision.upper()} engine with {self.trt.label} "
               f"(this can take minutes on a Jetson)", flush=True)
@@ -201,6 +193,36 @@ class EngineBuilder:
         return bytes(serialized), batch, targets, seconds
 
 
+def onnx_for(path: str, precision: str) -> str:
+    """The ONNX an engine of ``precision`` is built from: for INT8 the quantized ``<arch>.int8.onnx`` beside the
+    FP32 one (or a named INT8 ONNX as given), else the model's ONNX."""
+    return int8_model(path) if precision == "int8" else locate_model(path, ("onnx",))
+
+
+def _check_quantization(model: onnx.ModelProto, metadata: Dict[str, str], onnx_path: str, precision: str) -> None:
+    """INT8 engines come only from a Q/DQ ONNX in TensorRT's form, and a Q/DQ ONNX makes only INT8 engines."""
+    name = os.path.basename(onnx_path)
+    qdq = [node for node in model.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if qdq and precision != "int8":
+        raise BuildError(f"{name} is quantized (INT8, Q/DQ nodes): build it with --precision int8")
+    if precision == "int8" and not qdq:
+        raise BuildError(f"{name} has no Q/DQ nodes, so it is not an INT8 model: make one with "
+                         "python3 onnx_export.py --int8")
+    quantization = ModelInfo.from_metadata(metadata).quantization
+    stale = stale_int8(onnx_path, quantization) if precision == "int8" else None
+    if stale:
+        raise BuildError(stale)
+    # The record names the form; unsigned zero points give the x86 form away in an ONNX without one.
+    unsigned = {init.name for init in model.graph.initializer if init.data_type == onnx.TensorProto.UINT8}
+    form = (quantization or {}).get("form") or (
+        "x86" if any(unsigned.intersection(node.input[2:]) for node in qdq) else "tensorrt")
+    if form != "tensorrt":
+        folder = os.path.dirname(onnx_path) or "."
+        raise BuildError(f"{name} is in the {form} INT8 form (unsigned activations, for ONNX Runtime on x86 CPUs), "
+                         f"which TensorRT cannot build: re-export it with python3 onnx_export.py --model-dir {folder} "
+                         "--int8 --int8-form tensorrt")
+
+
 def _onnx_for_build(onnx_path: str, trt: TensorRT, precision: str) -> Tuple[bytes, Dict[str, str]]:
     """The bytes TensorRT parses (an FP16 copy for strongly typed FP16) and the model's metadata."""
     try:
@@ -208,6 +230,7 @@ def _onnx_for_build(onnx_path: str, trt: TensorRT, precision: str) -> Tuple[byte
     except Exception as err:  # onnx raises DecodeError and friends for non-ONNX files
         raise BuildError(f"{onnx_path} is not an ONNX model: {str(err).splitlines()[0][:120]}") from None
     metadata = {entry.key: entry.value for entry in model.metadata_props}
+    _check_quantization(model, metadata, onnx_path, precision)
     if precision == "fp16" and trt.strongly_typed:
         model = fp16_model(model)
     return model.SerializeToString(), metadata
@@ -221,9 +244,7 @@ def build_engine(onnx_path: str, options: BuildOptions, trt: Optional[TensorRT] 
     if options.max_batch < 1:
         raise BuildError("--max-batch must be at least 1")
     gpu = current_gpu()
-    options = dataclasses.replace(
-        options, timing_cache=options.timing_cache or _default_timing_cache(trt, gpu),
-        calibration_cache=options.calibration_cache or os.path.splitext(onnx_path)[0] + ".int8.calibration")
+    options = dataclasses.replace(options, timing_cache=options.timing_cache or _default_timing_cache(trt, gpu))
     engine_path = engine_path_for(onnx_path, options.precision, options.max_batch)
     check_writable(engine_path, "engine")  # before a build that can take minutes, not after it
     if options.timing_cache and not trt.is_rtx:
@@ -231,8 +252,7 @@ def build_engine(onnx_path: str, options: BuildOptions, trt: Optional[TensorRT] 
     onnx_bytes, metadata = _onnx_for_build(onnx_path, trt, options.precision)
     engine_builder = EngineBuilder(trt, options, gpu)
     network, shape = engine_builder.create_network(onnx_bytes, onnx_path)
-    spec = ModelInfo.from_metadata(metadata).spec
-    engine, batch, targets, seconds = engine_builder.create_engine(network, shape, spec)
+    engine, batch, targets, seconds = engine_builder.create_engine(network, shape)
     with atomic_path(engine_path) as temporary, open(temporary, "wb") as handle:
         handle.write(engine)
     EngineRecord(

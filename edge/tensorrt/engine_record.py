@@ -4,7 +4,8 @@ A TensorRT engine is only valid for the ONNX, the TensorRT version and the GPU i
 jetson-inference users learned this from wrong results after retraining and "version tag does not
 match" errors; here ``resnet18.fp16.b1.engine`` comes with ``resnet18.fp16.b1.engine.json``
 recording all three (plus precision, batch profile, the engine's own size and sha256, and the
-model's labels and preprocessing), and an engine is used only when every fact still holds.
+model's labels and preprocessing), and an engine is used only when every fact still holds. An INT8
+engine is ``resnet18.int8.b1.engine``, built from ``resnet18.int8.onnx``, whose sha256 its sidecar holds.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, Dict, List, Optional
 
 from cxr_jetson.core.errors import ToolkitError
 from cxr_jetson.core.files import atomic_path, sha256_file
+from cxr_jetson.core.names import INT8_ONNX_SUFFIX
 from cxr_jetson.edge.tensorrt.cuda import GpuIdentity
 
 
@@ -23,8 +25,11 @@ class EngineRecordError(ToolkitError):
 
 
 def engine_path_for(onnx_path: str, precision: str, max_batch: int) -> str:
-    """``models/pneumonia/resnet18.onnx`` -> ``models/pneumonia/resnet18.fp16.b1.engine``."""
+    """``models/pneumonia/resnet18.onnx`` -> ``models/pneumonia/resnet18.fp16.b1.engine``; the INT8 engine of
+    ``resnet18.int8.onnx`` is ``resnet18.int8.b1.engine``, beside the FP16 and FP32 ones of ``resnet18.onnx``."""
     stem = os.path.splitext(onnx_path)[0]
+    if precision == "int8" and onnx_path.lower().endswith(INT8_ONNX_SUFFIX):
+        stem = onnx_path[:-len(INT8_ONNX_SUFFIX)]
     return f"{stem}.{precision}.b{max_batch}.engine"
 
 
@@ -97,7 +102,10 @@ def stale_reasons(engine_path: str, onnx_path: Optional[str], tensorrt_flavor: s
         reasons.append(f"the engine file has {size} bytes, {record.engine_bytes} were written (truncated?)")
     elif sha256_file(engine_path) != record.engine_sha256:
         reasons.append("the engine file's contents changed since it was built (corrupt?)")
-    if onnx_path and os.path.isfile(onnx_path) and sha256_file(onnx_path) != record.onnx_sha256:
+    if onnx_path and record.onnx != os.path.basename(onnx_path):
+        # e.g. an INT8 engine calibrated from resnet18.onnx by an older toolkit, where resnet18.int8.onnx is wanted
+        reasons.append(f"built from {record.onnx}, not {os.path.basename(onnx_path)}")
+    elif onnx_path and os.path.isfile(onnx_path) and sha256_file(onnx_path) != record.onnx_sha256:
         reasons.append(f"{os.path.basename(onnx_path)} changed since the engine was built (re-exported?)")
     if (record.tensorrt_flavor, record.tensorrt_version) != (tensorrt_flavor, tensorrt_version):
         reasons.append(f"built with {record.tensorrt_flavor} {record.tensorrt_version}, "
