@@ -18,14 +18,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from cxr_jetson.core.decision import DecisionRule, folded
-from cxr_jetson.core.input_gate import (
-    STATUS_DECIDED,
-    STATUS_NOT_ASSESSED,
-    STATUS_REFER,
-    GatePolicy,
-    in_refer_band,
-    score_refusal,
-)
+from cxr_jetson.core.input_gate import STATUS_DECIDED, STATUS_NOT_ASSESSED, STATUS_REFER, GatePolicy, verdict
 
 _Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
@@ -39,21 +32,18 @@ class Answers:
 
 def answers(probabilities: np.ndarray, gate_scores: Optional[np.ndarray], rule: DecisionRule,
             policy: Optional[GatePolicy]) -> Answers:
-    """``N x C`` probabilities (and ``N x G`` gate scores) -> the answers classify.py would show."""
+    """``N x C`` probabilities (and ``N x G`` gate scores) -> the answers classify.py would show, by the
+    runner's own rule (core/input_gate.verdict)."""
     positive = None if rule.positive is None else probabilities[:, rule.positive]
     statuses = None
     if policy is not None and gate_scores is not None:
-        statuses = np.array([_status(row, None if positive is None else float(positive[index]), rule, policy)
-                             for index, row in enumerate(gate_scores)])
+        # The REFER band is on the decision scale, where 50% is the threshold in use (as DeployedModel.verdict).
+        found = []
+        for index, row in enumerate(probabilities):
+            decision = None if positive is None else folded(float(positive[index]), rule.threshold)
+            found.append(verdict(rule.decide(row), decision, gate_scores[index], policy).status)
+        statuses = np.array(found)
     return Answers(rule.classes(probabilities), positive, statuses)
-
-
-def _status(scores: np.ndarray, positive: Optional[float], rule: DecisionRule, policy: GatePolicy) -> str:
-    if score_refusal(scores, policy):
-        return STATUS_NOT_ASSESSED
-    if positive is not None and in_refer_band(folded(positive, rule.threshold), policy):
-        return STATUS_REFER
-    return STATUS_DECIDED
 
 
 def auc(scores: np.ndarray, targets: np.ndarray) -> float:
@@ -96,6 +86,13 @@ def screening(result: Answers, targets: np.ndarray, positive: Optional[int]) -> 
         metrics["specificity"] = _share(correct[~is_positive])
         metrics["auc"] = auc(result.positive_scores, is_positive)
     return metrics
+
+
+def metric_value(metric: object) -> float:
+    """The number of a ``screening`` entry: a proportion's value, the AUC itself; NaN when missing."""
+    if isinstance(metric, dict):
+        return float(metric["value"])
+    return float("nan") if metric is None else float(metric)
 
 
 def _share(hits: np.ndarray) -> Dict[str, float]:

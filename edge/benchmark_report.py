@@ -10,15 +10,10 @@ import math
 import os
 from typing import Any, Dict, List
 
+from cxr_jetson.core.agreement import metric_value
 from cxr_jetson.core.files import atomic_path
 
 _SHOWN = ("accuracy", "sensitivity", "specificity")
-
-
-def _value(metric: Any) -> float:
-    if isinstance(metric, dict):
-        return float(metric["value"])
-    return float("nan") if metric is None else float(metric)
 
 
 def deltas(rows: List[Dict[str, Any]]) -> None:
@@ -28,7 +23,7 @@ def deltas(rows: List[Dict[str, Any]]) -> None:
         return
     reference = measured[0]["metrics"]
     for row in measured:
-        row["delta"] = {key: _value(row["metrics"].get(key)) - _value(reference.get(key))
+        row["delta"] = {key: metric_value(row["metrics"].get(key)) - metric_value(reference.get(key))
                         for key in ("auc",) + _SHOWN if key in reference}
 
 

@@ -16,15 +16,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from cxr_jetson.core.agreement import Answers, answers, changed, screening
+from cxr_jetson.core.agreement import Answers, answers, changed, metric_value, screening
 from cxr_jetson.core.decision import DecisionRule
 from cxr_jetson.core.model_info import ModelInfo
 from cxr_jetson.core.names import GATE_NAME, OUTPUT_NAME
 from cxr_jetson.core.preprocess import equalize, normalize
+from cxr_jetson.export.verify import onnx_runtime_outputs, onnx_runtime_session
 from cxr_jetson.train.dataset import load_split
 from cxr_jetson.train.shift import PROXIES, degrade
-
-_BATCH = 16  # for a dynamic-batch ONNX; a fixed-batch one runs at its own batch
 
 
 @dataclass(frozen=True)
@@ -78,11 +77,7 @@ class GuardReport:
 
 
 def _pair(row: GuardRow, key: str) -> str:
-    return f"{_value(row.fp32.get(key)):.4f}->{_value(row.int8.get(key)):.4f}"
-
-
-def _value(metric: Any) -> float:
-    return float(metric["value"]) if isinstance(metric, dict) else float("nan" if metric is None else metric)
+    return f"{metric_value(row.fp32.get(key)):.4f}->{metric_value(row.int8.get(key)):.4f}"
 
 
 def guard_sets(folder: str, info: ModelInfo, workers: int = 2) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
@@ -98,32 +93,18 @@ def guard_sets(folder: str, info: ModelInfo, workers: int = 2) -> Tuple[Dict[str
             raw.labels.numpy())
 
 
-def onnx_outputs(path: str, images: np.ndarray, info: ModelInfo) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Probabilities and (when the model has them) gate scores of an ONNX in ONNX Runtime on the CPU."""
-    import onnxruntime
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    names = [output.name for output in session.get_outputs() if output.name in (OUTPUT_NAME, GATE_NAME)]
-    batch = session.get_inputs()[0].shape[0]
-    step = batch if isinstance(batch, int) else _BATCH
-    parts = [session.run(names, {session.get_inputs()[0].name: normalize(images[i:i + step], info.spec)})
-             for i in range(0, len(images), step)]
-    outputs = [np.concatenate([part[k] for part in parts]) for k in range(len(names))]
-    return outputs[0], (outputs[1] if len(outputs) > 1 else None)
-
-
 def guard(fp32_onnx: str, int8_onnx: str, folder: str, info: ModelInfo, bounds: GuardBounds = GuardBounds(),
           workers: int = 2) -> GuardReport:
     """Score both ONNX files on ``folder`` and its proxies; the report says whether INT8 stays in bounds."""
     sets, targets = guard_sets(folder, info, workers)
     rule = DecisionRule.for_model(info.labels or [], info.positive_class, info.threshold)
+    sessions = {"fp32": onnx_runtime_session(fp32_onnx), "int8": onnx_runtime_session(int8_onnx)}
     rows = []
     for name, images in sets.items():
         results: Dict[str, Answers] = {}
-        for precision, path in (("fp32", fp32_onnx), ("int8", int8_onnx)):
-            probabilities, scores = onnx_outputs(path, images, info)
-            results[precision] = answers(probabilities, scores, rule, info.gate)
+        for precision, session in sessions.items():
+            outputs = onnx_runtime_outputs(session, normalize(images, info.spec))
+            results[precision] = answers(outputs[OUTPUT_NAME], outputs.get(GATE_NAME), rule, info.gate)
         counts = changed(results["fp32"], results["int8"])
         rows.append(GuardRow(name, screening(results["fp32"], targets, rule.positive),
                              screening(results["int8"], targets, rule.positive), counts["flipped"],
