@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import tempfile
 import time
@@ -38,6 +37,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from tqdm import tqdm
 
+from bench.machine import describe
 from cxr_jetson.core.cli import run_cli
 from cxr_jetson.core.decision import class_to_record, positive_index
 from cxr_jetson.core.errors import ToolkitError
@@ -278,7 +278,7 @@ def main(args: argparse.Namespace) -> int:
               f"{jetson['epoch_seconds'][-1] / ours['epoch_seconds'][-1]:.2f}x")
     print(_table(results))
     write_json(args.output, {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": f"{describe()}, torch {torch.__version__}",
         "device": str(device), "epochs": args.epochs, "resolution": args.resolution,
         "holdout_series": args.holdout_series, "split_counts": layout, "results": results})
     picture = os.path.splitext(args.output)[0] + ".png"

@@ -1,6 +1,7 @@
 """The runner's pipeline: decode, infer and write in parallel, so the slowest stage sets the rate.
 
-    reader thread   source.jobs() in order; each job's decode + preprocess goes to a thread pool
+    reader thread   source.jobs() in order; each job's decode + preprocess goes to a thread pool (with the
+                    full-size decode the picture is drawn on, when the network saw a reduced one)
     main thread     takes decoded frames in order, runs batched inference, decides
     writer thread   overlay (+ heatmap), encode, write; results file and console line, in order
 
@@ -100,21 +101,13 @@ class _Writer(threading.Thread):
         self.sink.failed()
         tqdm.write(f"classify:  skipped {message}", file=sys.stderr)
 
-    def _draw(self, frame: Frame, answer: Verdict, evidence: Optional[np.ndarray]) -> np.ndarray:
-        display = frame.display
-        if (self.options.full_resolution and frame.data is not None
-                and jpeg_reduction(frame.data, self.model.spec.decode_min_side) > 1):
-            # The network saw a reduced decode; the picture goes out at full resolution.
-            display = decode_grey(frame.data, frame.origin)
-        return annotate(display, answer, self.options.top_k, evidence)
-
     def _handle(self, frame: Frame, answer: Verdict, evidence: Optional[np.ndarray]) -> None:
         positive = answer.prediction.positive if answer.status == STATUS_DECIDED else None
         result = {"index": frame.index, "source": frame.name, "text": answer.text(), "positive": positive,
                   "status": answer.status}
         try:
             start = time.perf_counter()
-            image = self._draw(frame, answer, evidence) if self.sink.enabled else None
+            image = annotate(frame.display, answer, self.options.top_k, evidence) if self.sink.enabled else None
             drawn = time.perf_counter()
             if image is not None:
                 self.sink.write(frame, image, result)
@@ -151,11 +144,16 @@ class _Writer(threading.Thread):
                 self.error = err
 
 
-def _prepare(source: Source, job: Any, spec: PreprocessSpec, gate: Optional[GatePolicy]) -> Frame:
+def _prepare(source: Source, job: Any, spec: PreprocessSpec, gate: Optional[GatePolicy], full_display: bool) -> Frame:
     """Decode a job (the source's work), check what the gate checks on the decoded frame, and make its
-    network input (the same for every source)."""
+    network input (the same for every source). With ``full_display``, a JPEG the network saw reduced is
+    decoded again at full size for the picture, here in the pool rather than in the one writer thread."""
     frame = source.load(job, spec.decode_min_side)
     start = time.perf_counter()
+    if full_display and frame.data is not None and jpeg_reduction(frame.data, spec.decode_min_side) > 1:
+        frame.display = decode_grey(frame.data, frame.origin)
+        frame.timings["decode"] = frame.timings.get("decode", 0.0) + (time.perf_counter() - start) * 1000
+        start = time.perf_counter()
     if gate is not None:
         check_frame(frame, gate, spec.resolution)
     frame.network = resize_to_network(frame.grey, spec)
@@ -167,9 +165,10 @@ class _Reader(threading.Thread):
     """Walks the source in order and queues each job's decode and preprocessing, running in the pool."""
 
     def __init__(self, source: Source, spec: PreprocessSpec, gate: Optional[GatePolicy], pool: ThreadPoolExecutor,
-                 depth: int) -> None:
+                 depth: int, full_display: bool) -> None:
         super().__init__(daemon=True)
         self.source, self.spec, self.gate, self.pool = source, spec, gate, pool
+        self.full_display = full_display
         self.outbox: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
         self.error: Optional[BaseException] = None
@@ -179,7 +178,8 @@ class _Reader(threading.Thread):
             for job in self.source.jobs():
                 if self.stop.is_set():
                     break
-                self.outbox.put((job, self.pool.submit(_prepare, self.source, job, self.spec, self.gate)))
+                self.outbox.put((job, self.pool.submit(_prepare, self.source, job, self.spec, self.gate,
+                                                           self.full_display)))
         except BaseException as err:  # a source that fails (camera gone for good): re-raised in main
             self.error = err
         finally:
@@ -207,7 +207,8 @@ def run_pipeline(source: Source, model: DeployedModel, sink: Sink, results: Resu
     outcome, clock = Outcome(), StageClock()
     batch_size = 1 if source.live else max(1, min(options.batch_size, model.backend.max_batch))
     pool = ThreadPoolExecutor(max(1, options.decode_workers), thread_name_prefix="decode")
-    reader = _Reader(source, model.spec, model.gate, pool, depth=2 * options.decode_workers + batch_size)
+    reader = _Reader(source, model.spec, model.gate, pool, depth=2 * options.decode_workers + batch_size,
+                     full_display=options.full_resolution and sink.enabled)
     writer = _Writer(model, sink, results, options, outcome, clock)
     progress = tqdm(total=source.frame_count, unit="img", disable=(source.frame_count or 0) < 2 or None, leave=False)
     reader.start()

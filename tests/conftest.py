@@ -13,11 +13,14 @@ from typing import List
 
 import pytest
 
+from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.names import BEST_CHECKPOINT
 from cxr_jetson.data.prepare import get_args_parser as prepare_parser
 from cxr_jetson.data.prepare import prepare
 from cxr_jetson.data.synthetic import generate
 from cxr_jetson.export.onnx_export import ExportOptions, export_onnx
 from cxr_jetson.train.args import get_args_parser as train_parser
+from cxr_jetson.train.input_gate import write_gate
 from cxr_jetson.train.main import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,4 +81,18 @@ def int8_model_dir(trained_model_dir, tmp_path_factory) -> str:
     result = run_script("onnx_export.py", "--model-dir", model_dir, "--int8", *OPEN_BOUNDS)
     assert result.returncode == 0, result.stderr
     assert "INT8 model written to" in result.stdout and "refusals changed" in result.stdout
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def gated_model(trained_model_dir, prepared_data, tmp_path_factory) -> str:
+    """The session's model, copied, with a gate fitted on its (tiny) data set and exported."""
+    model_dir = str(tmp_path_factory.mktemp("gated") / "model")
+    os.makedirs(model_dir)
+    for name in (BEST_CHECKPOINT, "labels.txt"):
+        shutil.copy(os.path.join(trained_model_dir, name), model_dir)
+    write_gate(model_dir, BEST_CHECKPOINT, prepared_data, 2, 0.01, (1, 5), overwrite=False, minimum=(4, 1))
+    with pytest.raises(ToolkitError, match="--overwrite"):  # a fitted gate is not replaced silently
+        write_gate(model_dir, BEST_CHECKPOINT, prepared_data, 2, 0.01, (1, 5), overwrite=False, minimum=(4, 1))
+    export_onnx(ExportOptions(model_dir=model_dir))
     return model_dir

@@ -134,3 +134,25 @@ def test_device_path_never_imports_torch(exported_onnx, mixed_folder, tmp_path):
     result = run_script("-c", program)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "o.jpg").is_file()
+
+
+def _jpeg_sampling(path: str) -> list:
+    """(horizontal, vertical) sampling factors of each component, from the JPEG's baseline frame header."""
+    data = open(path, "rb").read()
+    start = data.index(b"\xff\xc0") + 9  # marker, length, precision, height, width
+    return [(data[start + 2 + 3 * i] >> 4, data[start + 2 + 3 * i] & 15) for i in range(data[start])]
+
+
+def test_full_size_output_gives_the_answers_of_decoded_output_and_4_2_0_jpegs(mixed_folder, exported_onnx, tmp_path):
+    """The picture is decoded at full size in the decode workers, the network input is the reduced decode
+    either way: the same probabilities whatever size the annotated copy is written at."""
+    model = os.path.dirname(exported_onnx)
+    results = {}
+    for size in ("full", "decoded"):
+        out = tmp_path / size
+        assert run_script("classify.py", mixed_folder, str(out), "--model", model, "--output-size", size).returncode == 1
+        results[size] = _rows(str(out / "results.csv"))["fullres.jpeg"]
+    assert results["full"]["p_PNEUMONIA"] == results["decoded"]["p_PNEUMONIA"]
+    full, decoded = (cv2.imread(str(tmp_path / size / "fullres.jpeg")) for size in ("full", "decoded"))
+    assert full.shape[:2] == (1400, 1700) and decoded.shape[0] < 1400
+    assert _jpeg_sampling(str(tmp_path / "full" / "fullres.jpeg")) == [(2, 2), (1, 1), (1, 1)]

@@ -30,9 +30,8 @@ from cxr_jetson.core.input_gate import (
     verdict,
 )
 from cxr_jetson.core.names import BEST_CHECKPOINT, GATE_NAME
-from cxr_jetson.export.onnx_export import ExportOptions, export_onnx
 from cxr_jetson.networks.input_gate import GATE_FILE, GateScores, GateStatistics, standardised_layout
-from cxr_jetson.train.input_gate import GateDataError, fit_gate, refer_band, write_gate
+from cxr_jetson.train.input_gate import GateDataError, fit_gate, refer_band
 from tests.conftest import run_script
 from tests.test_tensorrt import needs_rtx
 
@@ -150,20 +149,6 @@ def test_too_little_data_fits_no_gate(trained_model_dir, prepared_data):
     with pytest.raises(GateDataError, match="too few images"):
         fit_gate(load_checkpoint(os.path.join(trained_model_dir, BEST_CHECKPOINT)), prepared_data)
     assert not os.path.exists(os.path.join(trained_model_dir, GATE_FILE))  # train.py fitted none either
-
-
-@pytest.fixture(scope="module")
-def gated_model(trained_model_dir, prepared_data, tmp_path_factory) -> str:
-    """The session's model, copied, with a gate fitted on its (tiny) data set and exported."""
-    model_dir = str(tmp_path_factory.mktemp("gated") / "model")
-    os.makedirs(model_dir)
-    for name in (BEST_CHECKPOINT, "labels.txt"):
-        shutil.copy(os.path.join(trained_model_dir, name), model_dir)
-    write_gate(model_dir, BEST_CHECKPOINT, prepared_data, 2, 0.01, (1, 5), overwrite=False, minimum=(4, 1))
-    with pytest.raises(ToolkitError, match="--overwrite"):  # a fitted gate is not replaced silently
-        write_gate(model_dir, BEST_CHECKPOINT, prepared_data, 2, 0.01, (1, 5), overwrite=False, minimum=(4, 1))
-    export_onnx(ExportOptions(model_dir=model_dir))
-    return model_dir
 
 
 def _results(folder: str) -> dict:

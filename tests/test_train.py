@@ -172,3 +172,29 @@ def test_augmentation_is_reproducible_from_its_generator():
 def test_bad_data_folder_is_a_one_line_error(tmp_path):
     result = run_script("train.py", str(tmp_path / "missing"), "--model-dir", str(tmp_path / "m"), "--no-pretrained")
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_epochs_validate_under_autocast_and_the_shipped_threshold_is_fp32s(tmp_path, prepared_data):
+    """bf16 validation picks model_best; its threshold and metrics are then taken again in fp32."""
+    from cxr_jetson.networks.checkpoint import preprocess_spec
+    from cxr_jetson.networks.model import model_from_checkpoint
+    from cxr_jetson.train.dataset import find_classes
+    from cxr_jetson.train.loop import predict_probabilities
+    from cxr_jetson.train.shift import TRAINING_PROXY, load_with_proxies
+    model_dir = str(tmp_path / "bf16")
+    result = run_script("train.py", *train_args(prepared_data, model_dir, "--epochs", "1", "--amp", "bf16",
+                                                "--no-calibrate", "--no-input-gate"))
+    assert result.returncode == 0, result.stderr
+    best = load_checkpoint(os.path.join(model_dir, "model_best.pth.tar"))
+    assert best["history"][0]["threshold"] is not None  # the epoch's own, from its bf16 validation
+    spec, classes = preprocess_spec(best), find_classes(os.path.join(prepared_data, "train"))
+    splits = list(load_with_proxies(prepared_data, "val", classes, spec, 0, (TRAINING_PROXY,)).values())
+    model = model_from_checkpoint(best)
+    probabilities = np.concatenate([predict_probabilities(model, split, spec, "cpu", 8, False) for split in splits])
+    targets = np.concatenate([split.labels.numpy() for split in splits])
+    fp32_threshold = choose_threshold(probabilities[:, 1], targets, best["threshold_policy"])
+    assert best["threshold"] == pytest.approx(fp32_threshold, abs=1e-6)  # memory layout only; bf16 moves ~1e-3
+    assert best["history"][0]["threshold"] != pytest.approx(fp32_threshold, abs=1e-6)
+    evaluated = json.load(open(os.path.join(model_dir, "eval_val", "metrics.json")))["metrics"]
+    for key in ("tp", "fp", "tn", "fn"):
+        assert evaluated[key] == best["val_metrics"][key], key

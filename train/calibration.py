@@ -18,9 +18,6 @@ import torch
 import torch.nn as nn
 
 from cxr_jetson.networks.architectures import final_linear, head_name
-from cxr_jetson.networks.checkpoint import preprocess_spec, save_atomic
-from cxr_jetson.train.dataset import CachedSplit
-from cxr_jetson.train.loop import predict_probabilities
 
 ECE_BINS = 15
 # A model whose confidence carries almost no information on validation fits T -> infinity: every logit
@@ -97,14 +94,11 @@ def calibration_record(probabilities: np.ndarray, targets: np.ndarray, temperatu
             "images": int(len(targets))}
 
 
-def calibrate_best(checkpoint: Dict[str, Any], model: nn.Module, val_splits: List[CachedSplit], device: torch.device,
-                   batch_size: int, best_path: str) -> None:
-    """Fit a temperature on the threshold's own images, fold it into model_best and move its threshold
-    with it; ``checkpoint`` (model_best's payload) is updated and written back."""
-    spec = preprocess_spec(checkpoint)
-    probabilities = np.concatenate([predict_probabilities(model, split, spec, device, batch_size, False,
-                                                          f"calibrate on {split.name}") for split in val_splits])
-    targets = np.concatenate([split.labels.numpy() for split in val_splits])
+def calibrate_best(checkpoint: Dict[str, Any], model: nn.Module, probabilities: List[np.ndarray],
+                   targets: List[np.ndarray]) -> None:
+    """Fit a temperature on the threshold's own images (``probabilities``: model_best's fp32 ones, per split),
+    fold it into ``model`` and move the threshold with it; ``checkpoint`` (model_best's payload) is updated."""
+    probabilities, targets = np.concatenate(probabilities), np.concatenate(targets)
     fitted = fit_temperature(probabilities, targets)
     temperature = usable_temperature(fitted)
     if fitted > MAX_TEMPERATURE:
@@ -114,7 +108,6 @@ def calibrate_best(checkpoint: Dict[str, Any], model: nn.Module, val_splits: Lis
     threshold = checkpoint.get("threshold")
     checkpoint.update(state_dict=model.state_dict(), threshold=rescale_threshold(threshold, temperature),
                       calibration=dict(calibration_record(probabilities, targets, temperature), fitted=fitted))
-    save_atomic(checkpoint, best_path)
     record = checkpoint["calibration"]
     print(f"=> calibrated model_best: temperature {temperature:.3f} (fitted {fitted:.3f}); expected calibration error "
           f"{record['ece_before']:.4f} -> {record['ece_after']:.4f} on {len(targets)} images"

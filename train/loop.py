@@ -150,10 +150,11 @@ def train_one_epoch(model: nn.Module, split: CachedSplit, run: "TrainingRun", ep
 
 @torch.inference_mode()
 def predict_probabilities(model: nn.Module, split: CachedSplit, spec: PreprocessSpec, device: torch.device,
-                          batch_size: int, channels_last: bool, description: str = "evaluate") -> np.ndarray:
-    """Softmax probabilities in fp32 for every cached image.
+                          batch_size: int, channels_last: bool, description: str = "evaluate",
+                          amp_dtype: Optional[torch.dtype] = None) -> np.ndarray:
+    """Softmax probabilities for every cached image, computed in fp32 (or under ``amp_dtype`` autocast).
 
-    The input is built by core/preprocess.py normalize, the function the device runner uses, so these
+    The input is built by core/preprocess.py normalize, the function the device runner uses, so the fp32
     probabilities are the ones classify.py gives for the same files (tests/test_parity.py).
     """
     model.eval()
@@ -163,5 +164,7 @@ def predict_probabilities(model: nn.Module, split: CachedSplit, spec: Preprocess
         inputs = torch.from_numpy(batch).to(device)
         if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        outputs.append(torch.softmax(model(inputs).float(), dim=1).cpu())
+        with _autocast(device, amp_dtype):
+            logits = model(inputs)
+        outputs.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(outputs).numpy()

@@ -185,7 +185,8 @@ def _epoch(session: _Session, epoch: int, train_model: nn.Module) -> Dict[str, A
                                           order=ddp.shard_order(len(session.train_split), config.seed, epoch)))
     # Rank 0 validates its own weights (the ones it saves); every rank decides from that result.
     validation = ddp.from_main(validate, run.model, session.val_splits, session.spec, ddp.device, config.batch_size,
-                               config.channels_last, session.positive, config.threshold_policy)
+                               config.channels_last, session.positive, config.threshold_policy,
+                               session.settings.amp_dtype)
     score = selection_score(validation, config.select_metric)
     run.scheduler.after_epoch(score[0])
     is_best = run.best["score"] is None or tuple(score) > tuple(run.best["score"])
@@ -207,17 +208,33 @@ def _epoch(session: _Session, epoch: int, train_model: nn.Module) -> Dict[str, A
     return entry
 
 
+def _settle_best(session: _Session, checkpoint: Dict[str, Any], model: nn.Module) -> None:
+    """model_best's threshold and metrics from its fp32 probabilities (the epochs validated under autocast),
+    then its calibration on those probabilities; written back to model_best."""
+    config = session.config
+    final = validate(model, session.val_splits, session.spec, session.ddp.device, config.batch_size, False,
+                     session.positive, config.threshold_policy)
+    epoch_threshold = checkpoint.get("threshold")
+    if final.threshold is not None and epoch_threshold is not None and final.threshold != epoch_threshold:
+        print(f"=> model_best's threshold in fp32: {final.threshold:.4f} (its epoch's validation under autocast: "
+              f"{epoch_threshold:.4f})")
+    checkpoint.update(threshold=final.threshold, val_metrics=final.metrics)
+    if config.calibrate:
+        targets = [split.labels.numpy() for split in session.val_splits]
+        calibrate_best(checkpoint, model, final.probabilities, targets)
+    save_atomic(checkpoint, session.best_path)
+
+
 def _finish(session: _Session) -> None:
-    """Calibrate model_best once, evaluate it on val (and its shifted copy) and draw the pictures next to the
-    checkpoints."""
+    """Settle model_best's threshold in fp32 and calibrate it, once; evaluate it on val (and its shifted copy) and
+    draw the pictures next to the checkpoints."""
     config, model = session.config, session.run.model
     if not os.path.isfile(session.best_path):
         raise ToolkitError(f"no epochs were trained (--epochs {config.epochs}); nothing to report")
     checkpoint = load_checkpoint(session.best_path)
     model.load_state_dict(checkpoint["state_dict"])
-    if config.calibrate and "calibration" not in checkpoint:  # a resumed run may finish on a calibrated best
-        calibrate_best(checkpoint, model, session.val_splits, session.ddp.device, config.batch_size,
-                       session.best_path)
+    if "calibration" not in checkpoint:  # a resumed run may finish on a best already settled and calibrated
+        _settle_best(session, checkpoint, model)
     for split in session.val_splits:
         evaluate_checkpoint(checkpoint, model, split, session.ddp.device, config.model_dir, config.batch_size)
     if config.input_gate:

@@ -1,8 +1,10 @@
 """ONNX Runtime back-end: runs the exported .onnx on the CUDA provider when present, else the CPU;
-``--precision int8`` runs its quantized copy (``<arch>.int8.onnx``, onnx_export.py --int8) instead."""
+``--precision int8`` runs its quantized copy (``<arch>.int8.onnx``, onnx_export.py --int8) instead.
+On the CPU, a model that equalises its input in the graph has that step done by OpenCV on the host,
+bit for bit the same (host_equalize.py)."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -10,6 +12,7 @@ from cxr_jetson.core.model_files import int8_model, locate_model, stale_int8
 from cxr_jetson.core.model_info import ModelInfo
 from cxr_jetson.core.names import CAM_NAME, GATE_NAME
 from cxr_jetson.edge.backends import Backend, BackendError, BackendOptions
+from cxr_jetson.edge.backends.host_equalize import EqualisationSplit, split_at_equalisation
 
 _PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -42,6 +45,7 @@ class OnnxRuntimeBackend(Backend):
         except Exception as err:  # ORT raises its own exception types for bad files
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise BackendError(f"ONNX Runtime cannot load {self.model_file}: {first_line}") from None
+        self.split: Optional[EqualisationSplit] = None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         present = {o.name for o in outputs}
@@ -60,6 +64,15 @@ class OnnxRuntimeBackend(Backend):
             stale = stale_int8(self.model_file, self.info.quantization)
             if stale:
                 raise BackendError(stale)
+        if self.device == "cpu" and self.info.graph_equalize == "hist" and self.info.spec is not None:
+            self.split = split_at_equalisation(self.model_file, self.info.spec.mean, self.info.spec.std)
+            if self.split is not None:
+                self.session = onnxruntime.InferenceSession(self.split.trunk, session_options, providers=providers)
 
     def run_all(self, batch: np.ndarray) -> Tuple[np.ndarray, ...]:
-        return tuple(self.session.run(self.output_names, {self.input_name: batch}))
+        feeds = self.split.feeds(batch) if self.split is not None else {self.input_name: batch}
+        return tuple(self.session.run(self.output_names, feeds))
+
+    def describe(self) -> str:
+        host = ", equalisation on the host" if self.split is not None else ""
+        return f"{self.name} ({self.device}, {self.precision}{host}, max batch {self.max_batch})"
