@@ -20,12 +20,12 @@ from cxr_jetson.edge.web_view import TOKEN_AUTO, WebView, is_every_interface, is
 WRITABLE_IMAGES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 _VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
 _WEB_MAX_SIDE = 1280
-# Quality 95 (OpenCV's default) with the chroma halved both ways (4:2:0), as libjpeg, PIL and cameras write
-# JPEG by default; OpenCV 5 writes 4:4:4 unless told, which cost 1.5x the encode time on full-size X-rays,
-# where the only colour is the answer's box. OpenCV builds older than 4.5.5 lack the flag and keep theirs.
-_JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95] + (
-    [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420]
-    if hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR_420") else [])
+# Chroma halved both ways (4:2:0), as libjpeg, PIL and cameras write JPEG by default; OpenCV 5 writes 4:4:4
+# unless told, a slower encode for full-size X-rays whose only colour is the answer's box. OpenCV builds
+# older than 4.5.5 lack the flag and keep their own default.
+_CHROMA_420 = ([cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420]
+               if hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR_420") else [])
+_JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95] + _CHROMA_420  # 95: OpenCV's default quality
 
 
 class SinkError(ToolkitError, ValueError):
@@ -206,7 +206,7 @@ class WebSink(Sink):
         scale = _WEB_MAX_SIDE / max(image.shape[:2])
         if scale < 1:  # a browser view needs no 3000 px frames; streaming them would only add latency
             image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80] + _JPEG_PARAMS[2:])
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80] + _CHROMA_420)
         if ok:
             self.view.publish(jpeg.tobytes(), result)
 

@@ -8,7 +8,7 @@ are validation's, with the shifted copy's under ``shifted_``.
 Each epoch's validation runs under the training's autocast (bf16 on GPUs and on CPUs with native bf16,
 where it is 3 to 4 times faster than fp32): it picks model_best and reports the epoch. What ships is
 settled once, in fp32, the arithmetic of the exported model: model_best's threshold and metrics are
-taken again from its fp32 probabilities at the end of training (train/main.py ``_finish``).
+taken again from its fp32 probabilities at the end of training (train/main.py ``_settle_best``).
 """
 from __future__ import annotations
 

@@ -79,7 +79,8 @@ def split_at_equalisation(model_file: str, mean: Sequence[float], std: Sequence[
     needs_input = any(INPUT_NAME in node.input for node in nodes if not _in_scope(node))
     outputs = [output.name for output in model.graph.output]
     # The cut needs the boundary's shape, which shape inference supplies.
-    trunk = Extractor(onnx.shape_inference.infer_shapes(model)).extract_model(([INPUT_NAME] if needs_input else []) + [boundary], outputs)
+    inputs = ([INPUT_NAME] if needs_input else []) + [boundary]
+    trunk = Extractor(onnx.shape_inference.infer_shapes(model)).extract_model(inputs, outputs)
     # Extractor keeps only the opset imports and metadata of a new model: carry the original's over.
     del trunk.metadata_props[:]
     trunk.metadata_props.extend(model.metadata_props)
