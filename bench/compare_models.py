@@ -26,7 +26,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from cxr_jetson.core.cli import run_cli  # noqa: E402
 from cxr_jetson.core.errors import ToolkitError  # noqa: E402
-from cxr_jetson.core.metric_registry import METRICS, format_value  # noqa: E402
+from cxr_jetson.core.metric_registry import METRICS, format_with_interval  # noqa: E402
 from cxr_jetson.core.names import BEST_CHECKPOINT  # noqa: E402
 from cxr_jetson.edge.backends import BackendOptions  # noqa: E402
 from cxr_jetson.edge.benchmark import latencies_ms  # noqa: E402
@@ -99,14 +99,15 @@ def _report(rows: List[Dict], split: str, data: str, command: str) -> str:
              "|---" * (len(METRICS) + 7) + "|"]
     for row in rows:
         metrics = row["metrics"]
-        values = " | ".join(format_value(metrics.get(m.key)) for m in METRICS)
+        values = " | ".join(format_with_interval(metrics, m.key) for m in METRICS)
         threshold = f"{row['threshold']:.4f}" if row["threshold"] is not None else "argmax"
         lines.append(f"| {row['name']} | {row['arch']} | {row['resolution']} | {values} | {threshold} | "
                      f"{row['parameters']:,} | {row['onnx_mb']:.1f} | {row['latency_ms']:.2f} |")
     lines += ["", "![ROC curves](roc_overlay.png)", "", "| " + " | ".join(r["name"] for r in rows) + " |",
               "|---" * len(rows) + "|", "| " + " | ".join(f"![{r['name']}]({r['confusion']})" for r in rows) + " |",
               "", "Recipes (train.py arguments) and training histories are in each model dir's MODEL_CARD.md "
-              "and history.csv. Latency: ONNX Runtime on this machine's CPU, batch 1, median of 50 runs, "
+              "and history.csv. Brackets: 95% confidence intervals (exact binomial; the AUC's a bootstrap over "
+              "patients). Latency: ONNX Runtime on this machine's CPU, batch 1, median of 50 runs, "
               "preprocessing excluded.", ""]
     return "\n".join(lines)
 

@@ -41,15 +41,16 @@ from bench.machine import describe
 from cxr_jetson.core.cli import run_cli
 from cxr_jetson.core.decision import class_to_record, positive_index
 from cxr_jetson.core.errors import ToolkitError
-from cxr_jetson.core.metric_registry import HEADLINE
+from cxr_jetson.core.metric_registry import HEADLINE, interval_keys
 from cxr_jetson.core.names import BEST_CHECKPOINT, LAST_CHECKPOINT
 from cxr_jetson.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 from cxr_jetson.networks.checkpoint import load_checkpoint, preprocess_spec
 from cxr_jetson.networks.model import model_from_checkpoint
 from cxr_jetson.train.dataset import CachedSplit, find_classes, list_images
 from cxr_jetson.train.hardware import select_device
+from cxr_jetson.train.intervals import patient_groups
 from cxr_jetson.train.loop import predict_probabilities
-from cxr_jetson.train.metrics import binary_metrics
+from cxr_jetson.train.metrics import evaluate_probabilities
 from cxr_jetson.train.report import write_json
 from cxr_jetson.train.shift import PROXIES, load_with_proxies
 
@@ -106,8 +107,11 @@ def holdout_layout(data: str, output: str, prefix: str, negative: str, positive:
 
 
 def score(probabilities: np.ndarray, split: CachedSplit, positive: int, threshold: float) -> Dict[str, float]:
-    metrics = binary_metrics(probabilities[:, positive], (split.labels.numpy() == positive).astype(int), threshold)
-    return {key: metrics[key] for key in REPORTED + ("threshold", "n")}
+    """The headline metrics at ``threshold``, each with its 95% interval (train/intervals.py)."""
+    metrics = evaluate_probabilities(probabilities, split.labels.numpy(), positive, threshold, intervals=True,
+                                     groups=patient_groups(split.paths))
+    kept = [name for key in REPORTED for name in (key, *interval_keys(key))] + ["threshold", "n"]
+    return {key: metrics[key] for key in kept if key in metrics}
 
 
 def evaluate_everywhere(model: torch.nn.Module, data: str, classes: List[str], spec: PreprocessSpec,

@@ -16,13 +16,14 @@ class Metric:
     key: str          # key in metric dicts, metrics.json and history (as val_<key>)
     label: str        # how people read it
     headline: bool    # in every summary line, curve and benchmark table; the rest in full reports
+    interval: bool = False  # reported with its 95% confidence interval (train/intervals.py)
 
 
 METRICS: Tuple[Metric, ...] = (
-    Metric("auc", "AUC", True),
-    Metric("accuracy", "accuracy", True),
-    Metric("sensitivity", "sensitivity", True),
-    Metric("specificity", "specificity", True),
+    Metric("auc", "AUC", True, interval=True),
+    Metric("accuracy", "accuracy", True, interval=True),
+    Metric("sensitivity", "sensitivity", True, interval=True),
+    Metric("specificity", "specificity", True, interval=True),
     Metric("balanced_accuracy", "balanced accuracy", True),
     Metric("ppv", "precision (PPV)", False),
     Metric("npv", "NPV", False),
@@ -40,7 +41,24 @@ def format_value(value: Any) -> str:
     return "n/a" if value is None else str(value)
 
 
+def interval_keys(key: str) -> Tuple[str, str]:
+    """Where a metric's 95% interval is kept, beside the metric itself."""
+    return f"{key}_low", f"{key}_high"
+
+
+def format_with_interval(metrics: Mapping[str, Any], key: str) -> str:
+    """``0.9871 [0.9790, 0.9934]`` where the interval is recorded (and finite), the value alone otherwise."""
+    low_key, high_key = interval_keys(key)
+    low, high = metrics.get(low_key), metrics.get(high_key)
+    value = format_value(metrics.get(key))
+    if isinstance(low, float) and isinstance(high, float) and math.isfinite(low) and math.isfinite(high):
+        return f"{value} [{low:.4f}, {high:.4f}]"
+    return value
+
+
 def headline_summary(metrics: Mapping[str, Any], prefix: str = "") -> str:
-    """``AUC 0.9871  accuracy 0.9420  ...`` for the headline metrics present under ``prefix``."""
-    return "  ".join(f"{metric.label} {format_value(metrics[prefix + metric.key])}"
-                     for metric in HEADLINE if prefix + metric.key in metrics)
+    """``AUC 0.9871 [0.9790, 0.9934]  accuracy 0.9420 [...]  ...`` for the headline metrics present under
+    ``prefix``, each with its 95% interval where one is recorded."""
+    scoped = {key[len(prefix):]: value for key, value in metrics.items() if key.startswith(prefix)}
+    return "  ".join(f"{metric.label} {format_with_interval(scoped, metric.key)}"
+                     for metric in HEADLINE if metric.key in scoped)

@@ -198,3 +198,35 @@ def test_epochs_validate_under_autocast_and_the_shipped_threshold_is_fp32s(tmp_p
     evaluated = json.load(open(os.path.join(model_dir, "eval_val", "metrics.json")))["metrics"]
     for key in ("tp", "fp", "tn", "fn"):
         assert evaluated[key] == best["val_metrics"][key], key
+
+
+def test_model_best_has_the_batch_norm_statistics_of_the_unaugmented_training_images(trained_model_dir,
+                                                                                    prepared_data):
+    """--recalibrate-bn (default): model_best's running statistics are those of the training images as the device
+    sees them; measuring them again gives the same."""
+    from cxr_jetson.networks.checkpoint import preprocess_spec
+    from cxr_jetson.networks.model import model_from_checkpoint
+    from cxr_jetson.train.dataset import find_classes, load_split
+    from cxr_jetson.train.site_shift import batch_norm_layers, reestimate_batch_norm
+    best = load_checkpoint(os.path.join(trained_model_dir, "model_best.pth.tar"))
+    spec = preprocess_spec(best)
+    train = load_split(prepared_data, "train", find_classes(os.path.join(prepared_data, "train")), spec, 0)
+    assert best["batch_norm"] == {"recalibrated_on": "train", "images": len(train), "layers": 20}
+    shipped = model_from_checkpoint(best)
+    measured = model_from_checkpoint(best)
+    reestimate_batch_norm(measured, train.images.numpy(), spec, torch.device("cpu"), batch_size=8)
+    for ours, again in zip(batch_norm_layers(shipped), batch_norm_layers(measured)):
+        assert torch.allclose(ours.running_mean, again.running_mean, atol=1e-5)
+        assert torch.allclose(ours.running_var, again.running_var, rtol=1e-4, atol=1e-6)
+    last = load_checkpoint(os.path.join(trained_model_dir, "checkpoint.pth.tar"))
+    assert not torch.equal(last["state_dict"]["bn1.running_mean"], best["state_dict"]["bn1.running_mean"])
+
+
+def test_reported_figures_carry_95_percent_intervals(trained_model_dir):
+    metrics = json.load(open(os.path.join(trained_model_dir, "eval_val", "metrics.json")))["metrics"]
+    for key in ("accuracy", "sensitivity", "specificity"):
+        assert metrics[f"{key}_low"] <= metrics[key] <= metrics[f"{key}_high"], key
+    entry = load_checkpoint(os.path.join(trained_model_dir, "checkpoint.pth.tar"))["history"][-1]
+    assert entry["val_sensitivity_low"] <= entry["val_sensitivity"] <= entry["val_sensitivity_high"]
+    card = open(os.path.join(trained_model_dir, "MODEL_CARD.md")).read()
+    assert "| metric | value [95% CI] |" in card and f"[{metrics['specificity_low']:.4f}, " in card

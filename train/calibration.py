@@ -11,7 +11,7 @@ the threshold moves with the logits.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -31,21 +31,35 @@ def _log_probabilities(probabilities: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.log(np.clip(probabilities, 1e-12, None))).double()
 
 
-def fit_temperature(probabilities: np.ndarray, targets: np.ndarray) -> float:
-    """The T > 0 that minimises the NLL of softmax(log p / T): log-probabilities are logits up to a
-    per-row constant, which softmax ignores."""
+def _fit(probabilities: np.ndarray, targets: np.ndarray, with_bias: bool) -> Tuple[float, np.ndarray]:
+    """The T > 0 (and, ``with_bias``, the per-class biases b) that minimise the NLL of softmax(log p / T + b):
+    log-probabilities are logits up to a per-row constant, which softmax ignores."""
     logits, labels = _log_probabilities(probabilities), torch.from_numpy(targets).long()
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+    bias = torch.zeros(probabilities.shape[1], dtype=torch.float64, requires_grad=with_bias)
+    optimizer = torch.optim.LBFGS([log_t, bias] if with_bias else [log_t], lr=0.1, max_iter=200,
+                                  line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss = nn.functional.cross_entropy(logits / log_t.exp() + bias, labels)
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp())
+    return float(log_t.detach().exp()), bias.detach().numpy()
+
+
+def fit_temperature(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """The temperature alone (what is folded into the model: it keeps the ranking and, moving the threshold
+    with it, every decision)."""
+    return _fit(probabilities, targets, with_bias=False)[0]
+
+
+def fit_bias_corrected_temperature(probabilities: np.ndarray, targets: np.ndarray) -> Tuple[float, np.ndarray]:
+    """Temperature and per-class biases (Alexandari et al., 2020): posteriors calibrated to the class shares of
+    ``targets``, which is what re-estimating a new site's class prior by EM needs (train/site_shift.py)."""
+    return _fit(probabilities, targets, with_bias=True)
 
 
 def usable_temperature(fitted: float) -> float:
@@ -55,9 +69,13 @@ def usable_temperature(fitted: float) -> float:
     return min(max(1.0, fitted), MAX_TEMPERATURE)
 
 
-def rescale(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """What the model's probabilities become once its logits are divided by ``temperature``."""
-    return torch.softmax(_log_probabilities(probabilities) / temperature, dim=1).numpy()
+def rescale(probabilities: np.ndarray, temperature: float, bias: Optional[np.ndarray] = None) -> np.ndarray:
+    """What the model's probabilities become once its logits are divided by ``temperature`` (and ``bias``
+    added)."""
+    logits = _log_probabilities(probabilities) / temperature
+    if bias is not None:
+        logits = logits + torch.from_numpy(np.asarray(bias, np.float64))
+    return torch.softmax(logits, dim=1).numpy()
 
 
 def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray) -> float:

@@ -76,6 +76,20 @@ def _load(path: str, spec: PreprocessSpec) -> Optional[np.ndarray]:
         return None
 
 
+def decode_images(paths: List[str], spec: PreprocessSpec, workers: int, description: str) -> Tuple[np.ndarray, np.ndarray]:
+    """uint8 ``N x R x R`` network-resolution images of ``paths`` and which of them could be read."""
+    images = np.empty((len(paths), spec.resolution, spec.resolution), np.uint8)
+    keep = np.ones(len(paths), bool)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        decoded = pool.map(lambda path: _load(path, spec), paths)
+        for index, pixels in enumerate(tqdm(decoded, total=len(paths), unit="img", disable=None, desc=description)):
+            if pixels is None:
+                keep[index] = False
+            else:
+                images[index] = pixels
+    return images, keep
+
+
 def load_split(data_dir: str, split: str, classes: List[str], spec: PreprocessSpec, workers: int) -> CachedSplit:
     """Decode every image of ``data_dir/split`` once; unreadable files are listed, not fatal."""
     split_dir = os.path.join(data_dir, split)
@@ -84,16 +98,8 @@ def load_split(data_dir: str, split: str, classes: List[str], spec: PreprocessSp
         raise DataError(f"{split_dir} has classes {found} but training uses {classes}; "
                         "every split needs the same class folders")
     samples = list_images(split_dir, classes)
-    images = np.empty((len(samples), spec.resolution, spec.resolution), np.uint8)
-    keep = np.ones(len(samples), bool)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        decoded = pool.map(lambda sample: _load(sample[0], spec), samples)
-        for index, pixels in enumerate(tqdm(decoded, total=len(samples), unit="img", disable=None,
-                                            desc=f"decoding {split} once ({spec.resolution}px cache)")):
-            if pixels is None:
-                keep[index] = False
-            else:
-                images[index] = pixels
+    images, keep = decode_images([path for path, _ in samples], spec, workers,
+                                 f"decoding {split} once ({spec.resolution}px cache)")
     failures = [path for (path, _), ok in zip(samples, keep) if not ok]
     kept = [sample for sample, ok in zip(samples, keep) if ok]
     if not kept:

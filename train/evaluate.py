@@ -16,6 +16,7 @@ from cxr_jetson.core.names import BEST_CHECKPOINT
 from cxr_jetson.networks.checkpoint import load_checkpoint, preprocess_spec
 from cxr_jetson.networks.model import model_from_checkpoint
 from cxr_jetson.train.dataset import CachedSplit, load_split
+from cxr_jetson.train.intervals import patient_groups
 from cxr_jetson.train.loop import predict_probabilities
 from cxr_jetson.train.metrics import confusion, evaluate_probabilities
 from cxr_jetson.train.report import write_evaluation
@@ -42,7 +43,8 @@ def evaluate_checkpoint(checkpoint: Dict[str, Any], model: nn.Module, split: Cac
     probabilities = predict_probabilities(model, split, preprocess_spec(checkpoint), device, batch_size, False,
                                           f"evaluate {split.name}")
     targets = split.labels.numpy()
-    metrics = evaluate_probabilities(probabilities, targets, positive, threshold)
+    metrics = evaluate_probabilities(probabilities, targets, positive, threshold, intervals=True,
+                                     groups=patient_groups(split.paths))
     matrix = confusion(probabilities, targets, positive, threshold)
     out_dir = os.path.join(model_dir, f"eval_{split.name.replace(os.sep, '_')}")
     files = write_evaluation(out_dir, split.name, classes, probabilities, targets, metrics, matrix, positive,

@@ -47,6 +47,7 @@ from cxr_jetson.train.metrics import parse_policy
 from cxr_jetson.train.model_card import write_model_card
 from cxr_jetson.train.report import plot_training_curves, write_history_csv, write_json
 from cxr_jetson.train.shift import TRAINING_PROXY, load_with_proxies
+from cxr_jetson.train.site_shift import batch_norm_layers, reestimate_batch_norm
 from cxr_jetson.train.state import TrainingRun, start_run
 from cxr_jetson.train.validation import Validation, selection_score, validate
 
@@ -208,10 +209,26 @@ def _epoch(session: _Session, epoch: int, train_model: nn.Module) -> Dict[str, A
     return entry
 
 
+def _recalibrate_batch_norm(session: _Session, checkpoint: Dict[str, Any], model: nn.Module) -> None:
+    """model_best's batch-norm statistics measured again, in fp32, on every training image as the device sees it.
+    During training the running statistics follow augmented batches (zoom, contrast, gamma, noise, blur), which
+    the device never sees; the learned weights do not change."""
+    split = session.train_split
+    layers = reestimate_batch_norm(model, split.images.cpu().numpy(), session.spec, session.ddp.device,
+                                   session.config.batch_size)
+    checkpoint.update(state_dict=model.state_dict(), batch_norm={"recalibrated_on": "train", "images": len(split),
+                                                                 "layers": layers})
+    print(f"=> model_best's batch-norm statistics ({layers} layers) measured on the {len(split)} training images "
+          "without augmentation")
+
+
 def _settle_best(session: _Session, checkpoint: Dict[str, Any], model: nn.Module) -> None:
-    """model_best's threshold and metrics from its fp32 probabilities (the epochs validated under autocast),
-    then its calibration on those probabilities; written back to model_best."""
+    """model_best's batch-norm statistics on unaugmented training images (--recalibrate-bn), then its threshold
+    and metrics from its fp32 probabilities (the epochs validated under autocast), then its calibration on those
+    probabilities; written back to model_best."""
     config = session.config
+    if config.recalibrate_bn and batch_norm_layers(model):
+        _recalibrate_batch_norm(session, checkpoint, model)
     final = validate(model, session.val_splits, session.spec, session.ddp.device, config.batch_size, False,
                      session.positive, config.threshold_policy)
     epoch_threshold = checkpoint.get("threshold")

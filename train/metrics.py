@@ -27,6 +27,7 @@ from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
 from cxr_jetson.core.decision import DEFAULT_THRESHOLD, decided_classes, is_positive
 from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.train.intervals import screening_intervals
 
 DEFAULT_POLICY = "youden"
 
@@ -54,7 +55,7 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def _midpoint(upper: float, lower: float) -> float:
+def logit_midpoint(upper: float, lower: float) -> float:
     """Middle of (lower, upper] on the logit scale, as a probability."""
     if not math.isfinite(upper):
         upper = 1.0
@@ -62,15 +63,17 @@ def _midpoint(upper: float, lower: float) -> float:
     return 1.0 / (1.0 + math.exp(-middle))
 
 
-def choose_threshold(scores: np.ndarray, targets: np.ndarray, policy: str) -> float:
-    """Decision threshold on the positive-class probability, chosen on (validation) ``scores``."""
+def choose_threshold(scores: np.ndarray, targets: np.ndarray, policy: str,
+                     sample_weight: Optional[np.ndarray] = None) -> float:
+    """Decision threshold on the positive-class probability, chosen on (validation) ``scores``, each image
+    counted with its ``sample_weight`` (default 1)."""
     name, value = parse_policy(policy)
     if name == "fixed":
         return float(value)
     if len(np.unique(targets)) < 2:
         warnings.warn(f"validation has a single class; threshold left at {DEFAULT_THRESHOLD}", stacklevel=2)
         return DEFAULT_THRESHOLD
-    fpr, tpr, thresholds = roc_curve(targets, scores, drop_intermediate=False)
+    fpr, tpr, thresholds = roc_curve(targets, scores, sample_weight=sample_weight, drop_intermediate=False)
     if name == "youden":
         index = int(np.argmax(tpr - fpr))
     else:
@@ -78,7 +81,7 @@ def choose_threshold(scores: np.ndarray, targets: np.ndarray, policy: str) -> fl
     # thresholds[index] is the lowest score still called positive; any value down to the next score
     # gives the same calls.
     lower = thresholds[index + 1] if index + 1 < len(thresholds) else 0.0
-    return float(_midpoint(float(thresholds[index]), float(lower)))
+    return float(logit_midpoint(float(thresholds[index]), float(lower)))
 
 
 def binary_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -> Dict[str, float]:
@@ -103,11 +106,16 @@ def binary_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) ->
 
 
 def evaluate_probabilities(probabilities: np.ndarray, targets: np.ndarray, positive: Optional[int],
-                           threshold: Optional[float]) -> Dict[str, float]:
-    """All metrics for ``N x C`` probabilities; binary ones when a positive class and threshold exist."""
+                           threshold: Optional[float], intervals: bool = False,
+                           groups: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """All metrics for ``N x C`` probabilities; binary ones when a positive class and threshold exist, with
+    ``intervals`` their 95% confidence intervals (the AUC's resampling the patients in ``groups``)."""
     metrics = {"accuracy_argmax": float(np.mean(probabilities.argmax(1) == targets))}
     if positive is not None and threshold is not None:
-        metrics.update(binary_metrics(probabilities[:, positive], (targets == positive).astype(int), threshold))
+        scores, binary_targets = probabilities[:, positive], (targets == positive).astype(int)
+        metrics.update(binary_metrics(scores, binary_targets, threshold))
+        if intervals:
+            metrics.update(screening_intervals(metrics, scores, binary_targets, groups))
     else:
         metrics["accuracy"] = metrics["accuracy_argmax"]
         with warnings.catch_warnings():

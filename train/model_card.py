@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 
 from cxr_jetson.core.cli import run_cli
 from cxr_jetson.core.files import atomic_path, sha256_file
-from cxr_jetson.core.metric_registry import METRICS, SHIFTED_PREFIX, format_value
+from cxr_jetson.core.metric_registry import METRICS, SHIFTED_PREFIX, format_value, format_with_interval
 from cxr_jetson.core.names import BEST_CHECKPOINT, MODEL_CARD
 from cxr_jetson.data.synthetic import NOTICE_FILE
 from cxr_jetson.networks.checkpoint import load_checkpoint, preprocess_spec
@@ -23,7 +23,7 @@ from cxr_jetson.networks.model import model_from_checkpoint
 _RECIPE_KEYS = ("arch", "pretrained", "weights", "equalize", "augment", "epochs", "batch_size", "optimizer", "lr",
                 "warmup_epochs", "momentum", "weight_decay", "scheduler", "class_weights", "label_smoothing",
                 "head_dropout", "freeze_backbone", "unfreeze_at", "backbone_lr_scale", "train_last", "early_stop",
-                "select_metric", "threshold_policy", "robust_threshold", "amp", "seed")
+                "select_metric", "threshold_policy", "robust_threshold", "recalibrate_bn", "amp", "seed")
 
 def _is_synthetic(data: str) -> bool:
     return bool(data) and os.path.isfile(os.path.join(data, NOTICE_FILE))
@@ -73,13 +73,16 @@ def _figures_section(checkpoint: Dict[str, Any]) -> List[str]:
     """Every registered metric at the shipped threshold, on validation and on its shifted copy."""
     metrics = checkpoint.get("val_metrics") or {}
     lines = [f"## Validation figures (at threshold {format_value(checkpoint.get('threshold'))})", "",
-             "| metric | value |", "|---|---|"]
-    lines += [f"| {m.label} | {format_value(metrics[m.key])} |" for m in METRICS if m.key in metrics]
+             "Values with their 95% confidence interval in brackets (exact binomial for proportions, a bootstrap "
+             "over patients for the AUC; train/intervals.py).", "",
+             "| metric | value [95% CI] |", "|---|---|"]
+    lines += [f"| {m.label} | {format_with_interval(metrics, m.key)} |" for m in METRICS if m.key in metrics]
     if {"tp", "fp", "tn", "fn"} <= set(metrics):
         lines.append(f"| confusion (TP, FP, TN, FN) | {metrics['tp']}, {metrics['fp']}, {metrics['tn']}, "
                      f"{metrics['fn']} |")
-    lines += [f"| {m.label} on the shifted copy of validation (train/shift.py) | "
-              f"{format_value(metrics[SHIFTED_PREFIX + m.key])} |" for m in METRICS if SHIFTED_PREFIX + m.key in metrics]
+    shifted = {key[len(SHIFTED_PREFIX):]: value for key, value in metrics.items() if key.startswith(SHIFTED_PREFIX)}
+    lines += [f"| {m.label} on the shifted copy of validation (train/shift.py) | {format_with_interval(shifted, m.key)} |"
+              for m in METRICS if m.key in shifted]
     return lines
 
 
@@ -131,6 +134,36 @@ def _held_out_table(report: Dict[str, Dict[str, Any]]) -> List[str]:
     return lines if report else []
 
 
+def _adaptation_section(checkpoint: Dict[str, Any]) -> List[str]:
+    """Where an adapted model came from and what the site's images changed (train/adapt.py)."""
+    record = checkpoint.get("adaptation")
+    if not record:
+        return []
+    source, site, prior = record["source"], record["site"], record["prior"]
+    lines = ["## Site adaptation (adapt.py)",
+             f"- Source model: `{source['model_dir']}`, {BEST_CHECKPOINT} sha256 `{source['checkpoint_sha256']}`, "
+             f"threshold {format_value(source['threshold'])}",
+             f"- Site images: {site['images']} unlabelled ({site['unreadable']} unreadable left out), listed in "
+             f"`{site['manifest']}` (sha256 `{site['manifest_sha256']}`)",
+             f"- Estimated share of the positive class at the site (EM): {prior['site_estimate']:.3f}; source "
+             f"validation {prior['source']:.3f}",
+             f"- Batch-norm statistics of {record['batch_norm']['layers']} layers measured again on the site's images, "
+             f"drawn to the source's class shares (mean shift {record['batch_norm']['mean_shift_in_source_std']:.3f} "
+             f"source standard deviations); {record['decisions_changed_on_site']} site decisions changed",
+             "- The validation figures above and the input gate's statistics are the source model's."]
+    labelled = record.get("labelled")
+    if labelled:
+        metrics = labelled["metrics"]
+        lines += [f"- Labelled site images {labelled['per_class']}: temperature {labelled['temperature']:.3f}; the "
+                  f"threshold guarantees a sensitivity of at least {labelled['sensitivity_lower_bound']:.3f} with 95% "
+                  f"confidence (one-sided Clopper-Pearson; {labelled['positives_caught']} positives caught); "
+                  f"specificity there {format_with_interval(metrics, 'specificity')}"]
+    else:
+        lines.append("- No labelled site images: the shipped threshold is kept. Check it on labelled images from the "
+                     "site (`adapt.py --labelled`) before relying on it.")
+    return lines
+
+
 def render(checkpoint: Dict[str, Any], model_dir: str) -> str:
     args = checkpoint.get("args") or {}
     recipe = ["## Recipe", "", "| setting | value |", "|---|---|"]
@@ -145,8 +178,8 @@ def render(checkpoint: Dict[str, Any], model_dir: str) -> str:
         "screening pipelines. It must not be used to diagnose, treat or triage patients.",
     ]
     sections = [header, _model_section(checkpoint, model_dir), _data_section(checkpoint), recipe,
-                _figures_section(checkpoint), _gate_section(model_dir), _LIMITS]
-    return "\n\n".join("\n".join(section) for section in sections) + "\n"
+                _figures_section(checkpoint), _adaptation_section(checkpoint), _gate_section(model_dir), _LIMITS]
+    return "\n\n".join("\n".join(section) for section in sections if section) + "\n"
 
 
 def write_model_card(model_dir: str) -> str:

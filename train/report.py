@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from cxr_jetson.core.files import atomic_path  # noqa: E402
-from cxr_jetson.core.metric_registry import HEADLINE  # noqa: E402
+from cxr_jetson.core.metric_registry import HEADLINE, format_with_interval, interval_keys  # noqa: E402
 
 
 def _json_ready(value: Any) -> Any:
@@ -54,11 +54,15 @@ def plot_training_curves(history: List[Dict[str, float]], path: str) -> None:
     for metric in HEADLINE:
         values = [e.get(f"val_{metric.key}") for e in history]
         if any(v is not None and math.isfinite(v) for v in values):
-            metric_axis.plot(epochs, values, "o-", label=metric.label)
+            line, = metric_axis.plot(epochs, values, "o-", label=metric.label)
+            low_key, high_key = interval_keys(f"val_{metric.key}")
+            lows = [e.get(low_key, math.nan) for e in history]
+            highs = [e.get(high_key, math.nan) for e in history]
+            metric_axis.fill_between(epochs, lows, highs, color=line.get_color(), alpha=0.12, linewidth=0)
     best = [e["epoch"] for e in history if e.get("is_best")]
     if best:
         metric_axis.axvline(best[-1], color="grey", linestyle=":", label=f"best (epoch {best[-1]})")
-    metric_axis.set(title="Validation (at the chosen threshold)", xlabel="epoch", ylim=(0, 1.02))
+    metric_axis.set(title="Validation (at the chosen threshold; bands: 95% CI)", xlabel="epoch", ylim=(0, 1.02))
     metric_axis.legend(loc="lower right")
     for axis in (loss_axis, metric_axis):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -70,7 +74,7 @@ def plot_training_curves(history: List[Dict[str, float]], path: str) -> None:
 def plot_roc(scores: np.ndarray, targets: np.ndarray, metrics: Dict[str, float], title: str, path: str) -> None:
     fpr, tpr, _ = roc_curve(targets, scores)
     figure, axis = plt.subplots(figsize=(5, 5))
-    axis.plot(fpr, tpr, label=f"AUC {metrics['auc']:.4f}")
+    axis.plot(fpr, tpr, label=f"AUC {format_with_interval(metrics, 'auc')}")
     axis.plot([0, 1], [0, 1], color="lightgrey", linestyle="--")
     axis.plot(1 - metrics["specificity"], metrics["sensitivity"], "o", color="red",
               label=f"threshold {metrics['threshold']:.3f}: sens {metrics['sensitivity']:.3f}, "

@@ -3,7 +3,8 @@
 With --robust-threshold the splits are validation and its shifted copy (train/shift.py): the
 threshold and the selection score come from both pooled, because in-distribution validation alone is
 over-confident and a threshold tuned on it collapses on another site's images. The metrics reported
-are validation's, with the shifted copy's under ``shifted_``.
+are validation's, with the shifted copy's under ``shifted_``, each with its 95% confidence interval
+(train/intervals.py: exact binomial for the proportions, a patient-level bootstrap for the AUC).
 
 Each epoch's validation runs under the training's autocast (bf16 on GPUs and on CPUs with native bf16,
 where it is 3 to 4 times faster than fp32): it picks model_best and reports the epoch. What ships is
@@ -20,9 +21,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cxr_jetson.core.metric_registry import HEADLINE, SHIFTED_PREFIX
+from cxr_jetson.core.metric_registry import HEADLINE, SHIFTED_PREFIX, interval_keys
 from cxr_jetson.core.preprocess import PreprocessSpec
 from cxr_jetson.train.dataset import CachedSplit
+from cxr_jetson.train.intervals import patient_groups
 from cxr_jetson.train.loop import predict_probabilities
 from cxr_jetson.train.metrics import choose_threshold, evaluate_probabilities
 
@@ -48,10 +50,12 @@ def validate(model: nn.Module, splits: List[CachedSplit], spec: PreprocessSpec, 
     pooled_p, pooled_t = np.concatenate(probabilities), np.concatenate(targets)
     threshold = (choose_threshold(pooled_p[:, positive], (pooled_t == positive).astype(int), policy)
                  if positive is not None else None)
-    metrics = evaluate_probabilities(clean_p, clean_t, positive, threshold)
+    groups = patient_groups(splits[0].paths)
+    metrics = evaluate_probabilities(clean_p, clean_t, positive, threshold, intervals=True, groups=groups)
     for shifted_p, shifted_t in zip(probabilities[1:], targets[1:]):
-        shifted = evaluate_probabilities(shifted_p, shifted_t, positive, threshold)
-        metrics.update({SHIFTED_PREFIX + m.key: shifted[m.key] for m in HEADLINE if m.key in shifted})
+        shifted = evaluate_probabilities(shifted_p, shifted_t, positive, threshold, intervals=True, groups=groups)
+        kept = [key for m in HEADLINE for key in (m.key, *interval_keys(m.key)) if key in shifted]
+        metrics.update({SHIFTED_PREFIX + key: shifted[key] for key in kept})
     selection = evaluate_probabilities(pooled_p, pooled_t, positive, threshold) if len(splits) > 1 else metrics
     return Validation(loss, threshold, metrics, selection, probabilities)
 

@@ -1,0 +1,93 @@
+"""train/intervals.py: the exact binomial intervals and the patient-level AUC bootstrap cover the true
+value at the nominal rate in simulation, and every report carries them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from cxr_jetson.core.metric_registry import format_with_interval, headline_summary
+from cxr_jetson.train.intervals import _weighted_aucs, auc_interval, patient_groups, proportion_interval
+from cxr_jetson.train.metrics import evaluate_probabilities
+
+
+@pytest.mark.parametrize("share,trials", [(0.96, 132), (0.9, 406), (0.5, 30), (0.99, 60)])
+def test_exact_interval_never_covers_less_than_nominal(share, trials):
+    """Clopper-Pearson's coverage, computed exactly over every possible count, is at least 95%."""
+    counts = np.arange(trials + 1)
+    covered = np.array([low <= share <= high for low, high in (proportion_interval(int(k), trials) for k in counts)])
+    coverage = float(stats.binom.pmf(counts, trials, share)[covered].sum())
+    assert 0.95 <= coverage <= 0.995
+
+
+def test_exact_interval_in_a_simulation():
+    rng = np.random.default_rng(1)
+    hits = rng.binomial(132, 0.93, 2000)
+    covered = np.mean([low <= 0.93 <= high for low, high in (proportion_interval(int(k), 132) for k in hits)])
+    assert 0.94 <= covered <= 0.99
+    assert np.isnan(proportion_interval(0, 0)).all()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_weighted_auc_matches_scikit_learn_with_ties_and_weights(seed):
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, 2, 300)
+    scores = np.round(rng.random(300) + 0.3 * targets, 1)  # rounded: many ties
+    weights = rng.integers(0, 4, (4, 300)).astype(float)
+    expected = [roc_auc_score(targets, scores, sample_weight=row) for row in weights]
+    assert _weighted_aucs(scores, targets, weights) == pytest.approx(expected, abs=1e-12)
+
+
+def _clustered_sample(rng: np.random.Generator, patients: int, separation: float):
+    """Two images per patient whose scores share the patient's own effect (as a patient's X-rays do)."""
+    labels = rng.random(patients) < 0.6
+    patient_effect = rng.normal(0.0, 1.0, patients)
+    groups = np.repeat(np.arange(patients), 2)
+    scores = separation * labels[groups] + patient_effect[groups] + rng.normal(0.0, 0.5, 2 * patients)
+    return scores, labels[groups].astype(int), groups
+
+
+def test_patient_bootstrap_covers_the_true_auc_at_the_nominal_rate():
+    """Binormal scores with patients: the true AUC is Phi(d / sqrt(2 (1 + 0.25))); the patient-level
+    bootstrap covers it about 95% of the time, resampling images as if independent covers it less."""
+    separation = 1.5
+    true_auc = stats.norm.cdf(separation / np.sqrt(2 * 1.25))
+    rng = np.random.default_rng(0)
+    by_patient, by_image = [], []
+    for _ in range(300):
+        scores, targets, groups = _clustered_sample(rng, 80, separation)
+        low, high = auc_interval(scores, targets, groups, resamples=500)
+        by_patient.append(low <= true_auc <= high)
+        low, high = auc_interval(scores, targets, None, resamples=500)
+        by_image.append(low <= true_auc <= high)
+    assert 0.90 <= np.mean(by_patient) <= 0.99
+    assert np.mean(by_image) < np.mean(by_patient)
+
+
+def test_auc_interval_needs_both_classes():
+    assert np.isnan(auc_interval(np.linspace(0, 1, 50), np.r_[np.ones(48), np.zeros(2)])).all()
+
+
+def test_patient_groups_from_file_names():
+    paths = ["a/person1_bacteria_1.jpeg", "b/person1_virus_2.jpeg", "IM-0115-0001.jpeg", "IM-0115-0001-0002.jpeg",
+             "unknown.png", "other.png"]
+    groups = patient_groups(paths)
+    assert groups[0] == groups[1] and groups[2] == groups[3]
+    assert len(set(groups.tolist())) == 4
+
+
+def test_metrics_carry_their_intervals_and_summaries_show_them():
+    rng = np.random.default_rng(3)
+    targets = (rng.random(400) < 0.7).astype(int)
+    positive = np.clip(0.5 + 0.3 * (targets - 0.5) + rng.normal(0, 0.2, 400), 0, 1)
+    probabilities = np.stack([1 - positive, positive], 1)
+    metrics = evaluate_probabilities(probabilities, targets, 1, 0.5, intervals=True)
+    for key in ("auc", "accuracy", "sensitivity", "specificity"):
+        assert metrics[f"{key}_low"] <= metrics[key] <= metrics[f"{key}_high"]
+    low, high = proportion_interval(metrics["tp"], metrics["tp"] + metrics["fn"])
+    assert (metrics["sensitivity_low"], metrics["sensitivity_high"]) == (low, high)
+    assert format_with_interval(metrics, "auc") == f"{metrics['auc']:.4f} [{metrics['auc_low']:.4f}, " \
+                                                   f"{metrics['auc_high']:.4f}]"
+    assert "sensitivity 0." in headline_summary(metrics) and "[" in headline_summary(metrics)
+    assert "_low" not in str(evaluate_probabilities(probabilities, targets, 1, 0.5).keys())
