@@ -71,7 +71,9 @@ def wilson(successes: int, trials: int) -> Tuple[float, float]:
     denominator = 1 + _Z95 ** 2 / trials
     centre = (share + _Z95 ** 2 / (2 * trials)) / denominator
     half = _Z95 * math.sqrt(share * (1 - share) / trials + _Z95 ** 2 / (4 * trials ** 2)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # The interval always holds the share; rounding can leave an end a hair inside it at 0 or 1 (10 of 10
+    # gave a high end of 0.9999999999999999), which makes an error bar negative.
+    return max(0.0, min(share, centre - half)), min(1.0, max(share, centre + half))
 
 
 def screening(result: Answers, targets: np.ndarray, positive: Optional[int]) -> Dict[str, object]:

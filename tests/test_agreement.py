@@ -27,6 +27,13 @@ def test_wilson_matches_scipy(successes, trials):
     assert wilson(successes, trials) == pytest.approx((expected.low, expected.high), abs=1e-9)
 
 
+def test_wilson_interval_always_holds_the_observed_share():
+    for trials in range(1, 200):
+        for successes in (0, trials // 3, trials):
+            low, high = wilson(successes, trials)
+            assert 0.0 <= low <= successes / trials <= high <= 1.0, (successes, trials)
+
+
 def test_wilson_covers_the_true_share_at_the_nominal_rate():
     rng = np.random.default_rng(0)
     for share, trials in ((0.93, 200), (0.5, 40)):
