@@ -1,14 +1,14 @@
-"""Accuracy at a new site: the recipe as trained, with its batch-norm statistics recalibrated on clean
+"""Accuracy at a new site: a model as trained, with its batch-norm statistics recalibrated on clean
 training images (train.py's ``--recalibrate-bn``), and that model adapted to each site (adapt.py).
 
     python3 -m bench.site_adaptation --model-dir models/a --model-dir models/b ...
 
-Each model dir must hold a model trained with ``--no-recalibrate-bn`` (train.py's earlier default), so
-that one run shows both recipes from the same trained weights:
+Each model dir must hold a model trained without ``--recalibrate-bn`` (train.py's default), so that one
+run shows both recipes from the same trained weights:
 
 - ``as trained``: model_best at its saved threshold;
 - ``recalibrated``: its batch-norm statistics measured on the unaugmented training images and the
-  threshold chosen again on validation plus its ``mixed`` copy, as train.py now does at the end;
+  threshold chosen again on validation plus its ``mixed`` copy, as train.py does with the flag;
 - ``+ adapted``: the recalibrated model adapted to the site's unlabelled images (class prior by EM,
   batch-norm statistics at the source's class shares; train/adapt.py) at that threshold.
 
@@ -87,7 +87,7 @@ def evaluate_model(model_dir: str, data: str, device: torch.device, batch_size: 
     checkpoint = load_checkpoint(os.path.join(model_dir, BEST_CHECKPOINT))
     if checkpoint.get("batch_norm"):
         raise ToolkitError(f"{model_dir} was trained with --recalibrate-bn; this comparison needs a model trained "
-                           "with --no-recalibrate-bn")
+                           "without it")
     classes, spec = list(checkpoint["classes"]), preprocess_spec(checkpoint)
     positive = positive_index(classes, checkpoint.get("positive_class"))
     model = model_from_checkpoint(checkpoint).to(device).eval()
@@ -152,8 +152,8 @@ def main(args: argparse.Namespace) -> int:
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-dir", action="append", required=True, help="a model trained with "
-                        "--no-recalibrate-bn (repeat for several seeds)")
+    parser.add_argument("--model-dir", action="append", required=True, help="a model trained without "
+                        "--recalibrate-bn (repeat for several seeds)")
     parser.add_argument("--data", default="data/pneumonia")
     parser.add_argument("--output", default=os.path.join("bench", "results", "site_adaptation.json"))
     parser.add_argument("--device", default="cpu")

@@ -62,6 +62,15 @@ def trained_model_dir(prepared_data, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def recalibrated_model_dir(prepared_data, tmp_path_factory) -> str:
+    """The session's recipe with --recalibrate-bn: model_best's batch-norm statistics from its unaugmented images."""
+    model_dir = str(tmp_path_factory.mktemp("recalibrated") / "pneumonia")
+    args = train_args(prepared_data, model_dir, "--epochs", "2", "--recalibrate-bn", "--no-input-gate")
+    assert train_main(train_parser().parse_args(args)) == 0
+    return model_dir
+
+
+@pytest.fixture(scope="session")
 def exported_onnx(trained_model_dir) -> str:
     return export_onnx(ExportOptions(model_dir=trained_model_dir))
 

@@ -118,58 +118,59 @@ def _adapt(model_dir: str, output: str, *extra: str):
     return run_script("adapt.py", "--model-dir", model_dir, "--output", output, "--workers", "2", *extra)
 
 
-def test_adapt_writes_a_model_dir_that_exports_and_records_its_site(trained_model_dir, site_download, tmp_path):
+def test_adapt_writes_a_model_dir_that_exports_and_records_its_site(recalibrated_model_dir, site_download, tmp_path):
     output = str(tmp_path / "site-a")
-    result = _adapt(trained_model_dir, output, site_download, "--min-images", "20", "--labelled", site_download,
+    result = _adapt(recalibrated_model_dir, output, site_download, "--min-images", "20", "--labelled", site_download,
                     "--min-sensitivity", "0.85")
     assert result.returncode == 0, result.stderr
     assert "batch-norm layers re-estimated on 48 site images" in result.stdout
     assert "sensitivity at least" in result.stdout
     checkpoint = load_checkpoint(os.path.join(output, BEST_CHECKPOINT))
     record = checkpoint["adaptation"]
-    assert record["source"]["checkpoint_sha256"] == sha256_file(os.path.join(trained_model_dir, BEST_CHECKPOINT))
+    assert record["source"]["checkpoint_sha256"] == sha256_file(os.path.join(recalibrated_model_dir, BEST_CHECKPOINT))
     with open(os.path.join(output, "site_manifest.csv"), newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 48 and all(row["sha256"] == sha256_file(row["path"]) for row in rows[:3])
     assert record["site"]["manifest_sha256"] == sha256_file(os.path.join(output, "site_manifest.csv"))
     assert record["labelled"]["sensitivity_lower_bound"] >= 0.85
-    assert checkpoint["threshold"] != load_checkpoint(os.path.join(trained_model_dir, BEST_CHECKPOINT))["threshold"]
+    assert checkpoint["threshold"] != load_checkpoint(os.path.join(recalibrated_model_dir, BEST_CHECKPOINT))["threshold"]
     card = open(os.path.join(output, "MODEL_CARD.md")).read()
     assert "## Site adaptation" in card and record["site"]["manifest_sha256"] in card
     assert os.path.isfile(os.path.join(output, "labels.txt"))
     exported = run_script("onnx_export.py", "--model-dir", output)
     assert exported.returncode == 0, exported.stderr
-    again = _adapt(trained_model_dir, output, site_download, "--min-images", "20")
+    again = _adapt(recalibrated_model_dir, output, site_download, "--min-images", "20")
     assert again.returncode != 0 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_adapting_on_the_source_site_keeps_its_decisions(trained_model_dir, prepared_data, tmp_path):
-    """Adapted on the source's own training images, the model decides the source's images as before
-    (within 10% on this toy model: the images are drawn again to the class shares EM estimates)."""
+def test_adapting_on_the_source_site_keeps_its_decisions(recalibrated_model_dir, prepared_data, tmp_path):
+    """Adapted on the source's own training images, a model whose statistics are those images' (--recalibrate-bn)
+    decides them as before (within 10% on this toy model: the images are drawn again to the class shares EM
+    estimates)."""
     output = str(tmp_path / "same-site")
-    result = _adapt(trained_model_dir, output, os.path.join(prepared_data, "train"), "--min-images", "20")
+    result = _adapt(recalibrated_model_dir, output, os.path.join(prepared_data, "train"), "--min-images", "20")
     assert result.returncode == 0, result.stderr
     changed = int(result.stdout.split(" site decisions changed")[0].rsplit("; ", 1)[1].split(" of ")[0])
     assert changed <= 0.1 * load_checkpoint(os.path.join(output, BEST_CHECKPOINT))["adaptation"]["site"]["images"]
 
 
 @pytest.mark.parametrize("case", ["too_few", "same_folder", "one_class_labelled", "few_positives"])
-def test_adapt_refuses_what_cannot_support_it(case, trained_model_dir, site_download, tmp_path):
+def test_adapt_refuses_what_cannot_support_it(case, recalibrated_model_dir, site_download, tmp_path):
     output = str(tmp_path / "out")
     if case == "too_few":
-        result = _adapt(trained_model_dir, output, site_download)
+        result = _adapt(recalibrated_model_dir, output, site_download)
         expected = "adaptation needs at least 100"
     elif case == "same_folder":
-        result = _adapt(trained_model_dir, trained_model_dir, site_download, "--min-images", "20")
+        result = _adapt(recalibrated_model_dir, recalibrated_model_dir, site_download, "--min-images", "20")
         expected = "never overwritten"
     elif case == "one_class_labelled":
         labelled = tmp_path / "labelled"
         os.makedirs(labelled / "NORMAL")
         os.symlink(os.path.join(site_download, "PNEUMONIA"), labelled / "PNEUMONIA")
-        result = _adapt(trained_model_dir, output, site_download, "--min-images", "20", "--labelled", str(labelled))
+        result = _adapt(recalibrated_model_dir, output, site_download, "--min-images", "20", "--labelled", str(labelled))
         expected = "--labelled"
     else:
-        result = _adapt(trained_model_dir, output, site_download, "--min-images", "20", "--labelled", site_download,
+        result = _adapt(recalibrated_model_dir, output, site_download, "--min-images", "20", "--labelled", site_download,
                         "--min-sensitivity", "0.95")
         expected = "at least 59 are needed"
     assert result.returncode != 0

@@ -200,10 +200,12 @@ def test_epochs_validate_under_autocast_and_the_shipped_threshold_is_fp32s(tmp_p
         assert evaluated[key] == best["val_metrics"][key], key
 
 
-def test_model_best_has_the_batch_norm_statistics_of_the_unaugmented_training_images(trained_model_dir,
-                                                                                    prepared_data):
-    """--recalibrate-bn (default): model_best's running statistics are those of the training images as the device
-    sees them; measuring them again gives the same."""
+def test_model_best_has_the_batch_norm_statistics_of_the_unaugmented_training_images(recalibrated_model_dir,
+                                                                                    trained_model_dir, prepared_data):
+    """--recalibrate-bn: model_best's running statistics are those of the training images as the device sees them;
+    measuring them again gives the same. Without it (the default) model_best keeps its training statistics."""
+    assert "batch_norm" not in load_checkpoint(os.path.join(trained_model_dir, "model_best.pth.tar"))
+    trained_model_dir = recalibrated_model_dir
     from cxr_jetson.networks.checkpoint import preprocess_spec
     from cxr_jetson.networks.model import model_from_checkpoint
     from cxr_jetson.train.dataset import find_classes, load_split

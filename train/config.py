@@ -68,7 +68,7 @@ class TrainConfig:
     threshold_policy: str = DEFAULT_POLICY
     robust_threshold: bool = True
     calibrate: bool = True
-    recalibrate_bn: bool = True
+    recalibrate_bn: bool = False
     input_gate: bool = True
     population_age: str = "1-5"
     select_metric: str = "auc"

@@ -223,7 +223,7 @@ def _recalibrate_batch_norm(session: _Session, checkpoint: Dict[str, Any], model
 
 
 def _settle_best(session: _Session, checkpoint: Dict[str, Any], model: nn.Module) -> None:
-    """model_best's batch-norm statistics on unaugmented training images (--recalibrate-bn), then its threshold
+    """model_best's batch-norm statistics on unaugmented training images (with --recalibrate-bn), then its threshold
     and metrics from its fp32 probabilities (the epochs validated under autocast), then its calibration on those
     probabilities; written back to model_best."""
     config = session.config
