@@ -57,7 +57,7 @@ from cxr_jetson.train.calibration import (
     rescale,
     usable_temperature,
 )
-from cxr_jetson.train.dataset import CachedSplit, decode_images, list_images, load_split
+from cxr_jetson.train.dataset import CachedSplit, decode_images, load_split
 from cxr_jetson.train.hardware import select_device
 from cxr_jetson.train.intervals import patient_groups, proportion_interval
 from cxr_jetson.train.loop import predict_probabilities
@@ -129,9 +129,8 @@ def _site_images(inputs: Sequence[str], spec: PreprocessSpec, workers: int, mini
     return site
 
 
-def _as_split(name: str, images: np.ndarray, paths: List[str], labels: Optional[np.ndarray] = None) -> CachedSplit:
-    targets = torch.zeros(len(images), dtype=torch.long) if labels is None else torch.from_numpy(labels).long()
-    return CachedSplit(name, torch.from_numpy(images), targets, paths)
+def _unlabelled_split(name: str, images: np.ndarray) -> CachedSplit:
+    return CachedSplit(name, torch.from_numpy(images), torch.zeros(len(images), dtype=torch.long), [""] * len(images))
 
 
 def _source_validation(checkpoint: Dict[str, Any], options: AdaptOptions, spec: PreprocessSpec) -> CachedSplit:
@@ -163,19 +162,17 @@ def _labelled_refit(model: torch.nn.Module, checkpoint: Dict[str, Any], options:
                     device: torch.device, positive: int) -> Tuple[float, Dict[str, Any]]:
     """Temperature refitted and folded into ``model``; the guaranteed threshold and the record."""
     classes = list(checkpoint["classes"])
-    try:
-        samples = list_images(options.labelled, classes)
+    folder = os.path.normpath(options.labelled)
+    try:  # laid out as a training split: one sub-folder per class
+        split = load_split(os.path.dirname(folder), os.path.basename(folder), classes, spec, options.workers)
     except ToolkitError as err:
         raise SiteDataError(f"--labelled {options.labelled}: {err} (one sub-folder per class: {', '.join(classes)})") \
             from None
-    images, keep = decode_images([p for p, _ in samples], spec, options.workers, "decoding the labelled images")
-    labels = np.array([label for _, label in samples])[keep]
+    labels, paths = split.labels.numpy(), split.paths
     counts = np.bincount(labels, minlength=len(classes))
     if counts.min() < MIN_LABELLED_PER_CLASS:
         raise SiteDataError(f"--labelled has {dict(zip(classes, counts.tolist()))} readable images; every class needs "
                             f"at least {MIN_LABELLED_PER_CLASS}")
-    paths = [p for (p, _), ok in zip(samples, keep) if ok]
-    split = _as_split("labelled", images[keep], paths, labels)
     probabilities = predict_probabilities(model, split, spec, device, options.batch_size, False, "labelled")
     fitted = fit_temperature(probabilities, labels)
     temperature = usable_temperature(fitted)
@@ -220,7 +217,7 @@ def adapt_to_site(source: torch.nn.Module, validation: CachedSplit, site_images:
         val_probabilities = predict_probabilities(source, validation, spec, device, batch_size, False, "source val")
     temperature, bias = fit_bias_corrected_temperature(val_probabilities, val_targets)
     source_prior = np.bincount(val_targets, minlength=val_probabilities.shape[1]) / len(val_targets)
-    site_split = _as_split("site", site_images, [""] * len(site_images))
+    site_split = _unlabelled_split("site", site_images)
     before = predict_probabilities(source, site_split, spec, device, batch_size, False, "site (source model)")
     site_prior, responsibilities = em_prior(rescale(before, temperature, bias), source_prior)
     if site_prior.min() < MIN_CLASS_SHARE:
