@@ -11,7 +11,8 @@ Both read every image, classify it and write an annotated JPEG of the same size,
   full-size decode for the picture in worker threads, ONNX Runtime inference (the equalisation done by
   OpenCV on the host), overlay and a 4:2:0 JPEG encode in a writer thread.
 Both are timed from the model folder to the last file written (model loading included). The folder is
-looped --passes times for a stable figure; the ratio printed is images per second.
+looped --passes times for a stable figure; the ratio printed is images per second. With --repeats N
+the three runs are interleaved N times and the medians reported, each round's ratio beside them.
 """
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ import argparse
 import glob
 import os
 import shlex
+import shutil
+import statistics
 import tempfile
 import time
+from typing import Dict, List
 
 from bench.machine import describe
 from cxr_jetson.core.cli import run_cli
@@ -83,32 +87,47 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", default=SHARED_IMAGES, help="folder of full-resolution X-rays")
     parser.add_argument("--model", default=default_model_path(), help="model folder (checkpoint + ONNX)")
     parser.add_argument("--passes", type=int, default=4, help="times the folder is processed")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of all three runs, interleaved; the medians are reported (a shared machine's "
+                             "speed drifts by 10-20%% within minutes)")
     parser.add_argument("--ours-args", default="", help="extra classify.py arguments for ours, e.g. \"--precision int8\"")
     parser.add_argument("--output", default=os.path.join("bench", "results", "classify_throughput.json"))
     return parser
+
+
+def _round(inputs: str, args: argparse.Namespace, scratch: str, extra: List[str]) -> Dict[str, float]:
+    """One run of each side, into fresh output folders: images per second."""
+    outputs = {name: tempfile.mkdtemp(prefix=name, dir=scratch) for name in ("ours", "ours_decoded", "naive")}
+    print("== ours: classify.py (annotated images at full resolution, the default)")
+    full = ours(inputs, args.model, outputs["ours"], *extra)
+    print("== ours: classify.py --output-size decoded")
+    decoded = ours(inputs, args.model, outputs["ours_decoded"], "--output-size", "decoded", *extra)
+    print("== naive: PIL + torchvision + torch eager + PIL draw/save")
+    naive_rate = naive(inputs, args.model, outputs["naive"])
+    for folder in outputs.values():
+        shutil.rmtree(folder)
+    print(f"   naive {naive_rate:.1f} img/s; classify.py {full:.1f} img/s ({full / naive_rate:.2f}x), "
+          f"with --output-size decoded {decoded:.1f} img/s ({decoded / naive_rate:.2f}x)")
+    return {"naive": naive_rate, "ours": full, "ours_decoded": decoded,
+            "ratio": full / naive_rate, "ratio_output_size_decoded": decoded / naive_rate}
 
 
 def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         inputs = _images(args.images, args.passes, scratch)
         count = len(glob.glob(os.path.join(inputs, "*", "*")))
-        for name in ("naive", "ours", "ours_decoded"):
-            os.makedirs(os.path.join(scratch, name))
         print(f"== {count} images ({args.passes} passes over {args.images}) on {describe()}")
-        print("== ours: classify.py (annotated images at full resolution, the default)")
-        extra = shlex.split(args.ours_args)
-        full = ours(inputs, args.model, os.path.join(scratch, "ours"), *extra)
-        print("== ours: classify.py --output-size decoded")
-        decoded = ours(inputs, args.model, os.path.join(scratch, "ours_decoded"), "--output-size", "decoded", *extra)
-        print("== naive: PIL + torchvision + torch eager + PIL draw/save")
-        naive_rate = naive(inputs, args.model, os.path.join(scratch, "naive"))
-    print(f"\nnaive {naive_rate:.1f} img/s; classify.py {full:.1f} img/s ({full / naive_rate:.2f}x), "
-          f"with --output-size decoded {decoded:.1f} img/s ({decoded / naive_rate:.2f}x)")
+        rounds = [_round(inputs, args, scratch, shlex.split(args.ours_args)) for _ in range(max(1, args.repeats))]
+    median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    each = ", ".join(f"{r['ratio']:.2f}x" for r in rounds)
+    spread = f" (rounds: {each})" if len(rounds) > 1 else ""
+    print(f"\nnaive {median['naive']:.1f} img/s; classify.py {median['ours']:.1f} img/s ({median['ratio']:.2f}x){spread}, "
+          f"with --output-size decoded {median['ours_decoded']:.1f} img/s ({median['ratio_output_size_decoded']:.2f}x)")
     write_json(args.output, {"images": count, "passes": args.passes, "source": args.images, "ours_args": args.ours_args,
-                             "naive_images_per_second": naive_rate, "ours_images_per_second": full,
-                             "ours_output_size_decoded_images_per_second": decoded,
-                             "ratio": full / naive_rate, "ratio_output_size_decoded": decoded / naive_rate,
-                             "machine": describe()})
+                             "naive_images_per_second": median["naive"], "ours_images_per_second": median["ours"],
+                             "ours_output_size_decoded_images_per_second": median["ours_decoded"],
+                             "ratio": median["ratio"], "ratio_output_size_decoded": median["ratio_output_size_decoded"],
+                             "rounds": rounds, "machine": describe()})
     return 0
 
 

@@ -46,10 +46,14 @@ class PreprocessSpec:
     std: Tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "area"
     # JPEGs may be DCT-decoded at 1/2, 1/4 or 1/8 scale while the short side stays at least this
-    # many times the network resolution (0 disables). At 2x the network input differs from a full
-    # decode's by under 0.5 grey levels on average for 23 of 24 real full-resolution X-rays (1.55 on
-    # the worst) and the probability by at most 3.2e-3 (bench/classify_images.py).
-    jpeg_reduce_min_ratio: int = 2
+    # many times the network resolution (0: decoded in full, as jetson-inference's loadImage does). At
+    # 2x the network input differs from a full decode's by under 0.5 grey levels on average for 23 of
+    # 24 real full-resolution X-rays (1.55 on the worst) and the probability by at most 3.2e-3
+    # (bench/classify_images.py). Earlier models record 2; 0 is the default now because
+    # libjpeg-turbo spends most of a decode in entropy decoding, which scaling does not shorten: on
+    # those 24 X-rays a half-scale decode took 6.2 ms against 6.4 for a full one, and the runner then
+    # decoded every image twice, once for the network and once for the full-size picture.
+    jpeg_reduce_min_ratio: int = 0
     channels: str = "grey->rgb"
     version: int = 1
     # Applied to the R x R image. "none" is what a spec written before this field existed means, and

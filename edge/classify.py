@@ -71,9 +71,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "for, REFER near the threshold) of a model exported with one")
     parser.add_argument("--profile", action="store_true", help="print a per-stage timing report at the end")
     parser.add_argument("--output-size", choices=("full", "decoded"), default="full",
-                        help="annotated images at the input's full resolution (default), or at the reduced "
-                             "resolution a large JPEG was decoded at for the network (at least twice the "
-                             "network size; saves a second decode and most of the encoding)")
+                        help="annotated images at the input's full resolution (default), or at the resolution "
+                             "the network's input was decoded at: the same for a model that decodes in full "
+                             "(the default now); for an earlier model that decodes large JPEGs reduced (to at "
+                             "least twice the network size), saves a second decode and most of the encoding")
     parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                         help="auto (default): TensorRT when installed with a GPU present, else ONNX Runtime")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import os
 import shutil
 
@@ -10,7 +12,14 @@ import numpy as np
 import onnx
 import pytest
 
+from cxr_jetson.core.decode import read_grey
+from cxr_jetson.core.model_info import KEY_PREPROCESS
+from cxr_jetson.core.preprocess import PreprocessSpec, resize_to_network
 from cxr_jetson.data.synthetic import synthetic_xray
+from cxr_jetson.edge.deployed_model import DeployedModel
+from cxr_jetson.edge.pipeline import _prepare
+from cxr_jetson.edge.sources import ImageFileSource
+from cxr_jetson.edge.video_source import CaptureOptions
 from tests.conftest import run_script
 
 
@@ -143,10 +152,24 @@ def _jpeg_sampling(path: str) -> list:
     return [(data[start + 2 + 3 * i] >> 4, data[start + 2 + 3 * i] & 15) for i in range(data[start])]
 
 
-def test_full_size_output_gives_the_answers_of_decoded_output_and_4_2_0_jpegs(mixed_folder, exported_onnx, tmp_path):
+def _with_reduced_decoding(onnx_path: str, folder) -> str:
+    """A copy of the model whose preprocessing decodes large JPEGs at reduced scale for the network, as
+    models made before full decoding became the default record (``jpeg_reduce_min_ratio`` 2)."""
+    model = onnx.load(onnx_path)
+    for prop in model.metadata_props:
+        if prop.key == KEY_PREPROCESS:
+            spec = PreprocessSpec.from_dict(json.loads(prop.value))
+            prop.value = dataclasses.replace(spec, jpeg_reduce_min_ratio=2).to_json()
+    copy = str(folder / os.path.basename(onnx_path))
+    onnx.save(model, copy)
+    return copy
+
+
+def test_an_earlier_model_sees_a_reduced_decode_at_either_output_size_and_the_picture_is_4_2_0(
+        mixed_folder, exported_onnx, tmp_path):
     """The picture is decoded at full size in the decode workers, the network input is the reduced decode
     either way: the same probabilities whatever size the annotated copy is written at."""
-    model = os.path.dirname(exported_onnx)
+    model = _with_reduced_decoding(exported_onnx, tmp_path)
     results = {}
     for size in ("full", "decoded"):
         out = tmp_path / size
@@ -156,3 +179,13 @@ def test_full_size_output_gives_the_answers_of_decoded_output_and_4_2_0_jpegs(mi
     full, decoded = (cv2.imread(str(tmp_path / size / "fullres.jpeg")) for size in ("full", "decoded"))
     assert full.shape[:2] == (1400, 1700) and decoded.shape[0] < 1400
     assert _jpeg_sampling(str(tmp_path / "full" / "fullres.jpeg")) == [(2, 2), (1, 1), (1, 1)]
+
+
+def test_by_default_one_full_decode_is_both_the_network_input_and_the_picture(mixed_folder, exported_onnx):
+    spec = DeployedModel(exported_onnx).spec
+    assert spec.jpeg_reduce_min_ratio == 0
+    path = os.path.join(mixed_folder, "fullres.jpeg")
+    source = ImageFileSource(path, CaptureOptions())
+    frame = _prepare(source, next(iter(source.jobs())), spec, None, full_display=True)
+    assert frame.display is frame.grey and frame.grey.shape == (1400, 1700)
+    assert np.array_equal(frame.network, resize_to_network(read_grey(path), spec))

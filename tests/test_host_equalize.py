@@ -58,8 +58,7 @@ def test_split_graph_answers_as_the_whole_graph(model, precision, request):
 def test_the_cut_keeps_the_models_metadata_and_drops_the_equalisation(gated_model):
     path = os.path.join(gated_model, "resnet18.onnx")
     whole = onnx.load(path)
-    spec = PreprocessSpec(resolution=RESOLUTION)
-    split = split_at_equalisation(path, spec.mean, spec.std)
+    split = split_at_equalisation(path)
     trunk = onnx.load_from_string(split.trunk)
     assert not any(node.name.startswith("/equalize/") for node in trunk.graph.node)
     assert ({node.name for node in whole.graph.node if node.name.startswith("/classifier/")}
@@ -78,4 +77,4 @@ def test_a_model_without_equalisation_runs_whole(trained_model_dir, tmp_path):
     torch.save(checkpoint, best)
     backend = OnnxRuntimeBackend(export_onnx(ExportOptions(model_dir=model_dir)))
     assert backend.split is None and "host" not in backend.describe()
-    assert split_at_equalisation(backend.model_file, (0.5,) * 3, (0.25,) * 3) is None
+    assert split_at_equalisation(backend.model_file) is None

@@ -37,7 +37,8 @@ def test_jpeg_size_reads_the_frame_header(xray, progressive):
 
 
 def test_reduced_jpeg_decode_keeps_twice_the_network_size_and_matches_a_full_decode(xray):
-    spec = PreprocessSpec(resolution=224)
+    assert PreprocessSpec().decode_min_side == 0  # the default decodes in full; earlier models record 2
+    spec = PreprocessSpec(resolution=224, jpeg_reduce_min_ratio=2)
     data = _encode(".jpg", xray, cv2.IMWRITE_JPEG_QUALITY, 95)
     assert jpeg_reduction(data, spec.decode_min_side) == 2  # 900 // 2 = 450 >= 448; 900 // 4 < 448
     reduced = decode_grey(data, "x.jpg", spec.decode_min_side)

@@ -1,6 +1,8 @@
-"""Pick the device and the mixed-precision type training runs with."""
+"""Pick the device and the mixed-precision type training runs with, and keep the host's freed memory."""
 from __future__ import annotations
 
+import ctypes
+import sys
 from typing import Optional
 
 import torch
@@ -21,6 +23,30 @@ def select_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ToolkitError(f"--device {name} asked for CUDA, but torch sees no CUDA GPU here; use --device cpu")
     return device
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_KEPT_FREE_BYTES = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory for the next allocation; False where that does not apply (not glibc).
+
+    By default glibc gives every block over 32 MB its own mapping and returns it to the system when freed,
+    so each training step's activations are mapped again and zero-filled by the kernel page by page: 40-64
+    thousand page faults a ResNet-18 step at batch 32, 0.6-2.5 thousand with this (the README gives the
+    time it saved, within the measuring machine's drift). jemalloc or tcmalloc, which PyTorch's CPU tuning
+    guides preload for the same reason, would do as well; this needs neither. The process then holds on to
+    its peak memory, which a training run reaches every step anyway.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and others: their allocator as it is
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEPT_FREE_BYTES))
 
 
 def _cpu_has_fast_bf16() -> bool:

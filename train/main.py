@@ -40,7 +40,7 @@ from cxr_jetson.train.console import log_scalars, print_epoch, tensorboard_write
 from cxr_jetson.train.dataset import CachedSplit, find_classes, load_split
 from cxr_jetson.train.distributed import Distributed, launched_rank, process_group
 from cxr_jetson.train.evaluate import evaluate_checkpoint, evaluate_model_dir
-from cxr_jetson.train.hardware import select_amp, select_device
+from cxr_jetson.train.hardware import keep_freed_memory, select_amp, select_device
 from cxr_jetson.train.input_gate import fit_input_gate
 from cxr_jetson.train.loop import StepSettings, on_training_device, train_one_epoch
 from cxr_jetson.train.metrics import parse_policy
@@ -128,6 +128,8 @@ def _setup(config: TrainConfig, ddp: Distributed) -> _Session:
         print(f"=> DistributedDataParallel: {ddp.world_size} processes, backend {ddp.backend}, "
               f"global batch {ddp.world_size} x {config.batch_size} = {ddp.world_size * config.batch_size}")
     amp_dtype = select_amp(config.amp, ddp.device)
+    if ddp.device.type == "cpu" and keep_freed_memory():
+        print("=> host memory: freed blocks are kept for the next step (glibc mallopt), not mapped again each step")
     parse_policy(config.threshold_policy)
     _check_model_dir(config)
     resume = load_checkpoint(_resume_path(config.resume)) if config.resume else None

@@ -14,11 +14,12 @@ in one tensor, ``split_at_equalisation`` returns None and the whole graph runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import cv2
 import numpy as np
 
+from cxr_jetson.core.model_info import ModelInfo
 from cxr_jetson.core.names import INPUT_NAME
 
 _SCOPE = "/equalize/"
@@ -64,26 +65,38 @@ def _boundary(nodes) -> Optional[str]:
     return crossing.pop() if len(crossing) == 1 else None
 
 
-def split_at_equalisation(model_file: str, mean: Sequence[float], std: Sequence[float]) -> Optional[EqualisationSplit]:
-    """The model's graph without its equalisation, or None where it cannot be cut (see the module docstring)."""
+def split_at_equalisation(model_file: str) -> Optional[EqualisationSplit]:
+    """The graph of a ``hist`` model without its equalisation, or None for any other model and where the
+    graph cannot be cut or read (see the module docstring; ONNX Runtime then reports a file it cannot read)."""
     try:
         import onnx
+        from google.protobuf.message import DecodeError
         from onnx.utils import Extractor
     except ImportError:
         return None
-    model = onnx.load(model_file)
+    try:
+        model = onnx.load(model_file)
+    except (OSError, DecodeError):
+        return None
+    info = ModelInfo.from_metadata({prop.key: prop.value for prop in model.metadata_props})
     nodes = model.graph.node
     boundary = _boundary(nodes)
-    if boundary is None or model.graph.input[0].name != INPUT_NAME:
+    if (info.graph_equalize != "hist" or info.spec is None or boundary is None
+            or model.graph.input[0].name != INPUT_NAME):
         return None
     needs_input = any(INPUT_NAME in node.input for node in nodes if not _in_scope(node))
     outputs = [output.name for output in model.graph.output]
-    # The cut needs the boundary's shape, which shape inference supplies.
     inputs = ([INPUT_NAME] if needs_input else []) + [boundary]
-    trunk = Extractor(onnx.shape_inference.infer_shapes(model)).extract_model(inputs, outputs)
+    # The cut needs the boundary's type, which is the input's (normalised RGB in, normalised RGB out):
+    # declared here rather than by shape inference over the whole graph, a sixth of the runner's start-up.
+    boundary_type = onnx.ValueInfoProto()
+    boundary_type.CopyFrom(model.graph.input[0])
+    boundary_type.name = boundary
+    model.graph.value_info.append(boundary_type)
+    trunk = Extractor(model).extract_model(inputs, outputs)
     # Extractor keeps only the opset imports and metadata of a new model: carry the original's over.
     del trunk.metadata_props[:]
     trunk.metadata_props.extend(model.metadata_props)
     return EqualisationSplit(trunk.SerializeToString(), boundary, needs_input,
-                             np.asarray(mean, np.float32).reshape(1, 3, 1, 1),
-                             np.asarray(std, np.float32).reshape(1, 3, 1, 1))
+                             np.asarray(info.spec.mean, np.float32).reshape(1, 3, 1, 1),
+                             np.asarray(info.spec.std, np.float32).reshape(1, 3, 1, 1))

@@ -40,12 +40,16 @@ class OnnxRuntimeBackend(Backend):
             session_options.intra_op_num_threads = options.threads
         available = onnxruntime.get_available_providers()
         providers = [p for p in _PREFERRED_PROVIDERS if p in available]
+        # Without a CUDA provider, a hist model's equalisation is done on the host and the session opened
+        # on the rest of the graph only: one session, not a whole one first to read the metadata.
+        self.split: Optional[EqualisationSplit] = (split_at_equalisation(self.model_file)
+                                                   if providers[0] == "CPUExecutionProvider" else None)
         try:
-            self.session = onnxruntime.InferenceSession(self.model_file, session_options, providers=providers)
+            self.session = onnxruntime.InferenceSession(self.split.trunk if self.split else self.model_file,
+                                                        session_options, providers=providers)
         except Exception as err:  # ORT raises its own exception types for bad files
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise BackendError(f"ONNX Runtime cannot load {self.model_file}: {first_line}") from None
-        self.split: Optional[EqualisationSplit] = None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         present = {o.name for o in outputs}
@@ -64,10 +68,6 @@ class OnnxRuntimeBackend(Backend):
             stale = stale_int8(self.model_file, self.info.quantization)
             if stale:
                 raise BackendError(stale)
-        if self.device == "cpu" and self.info.graph_equalize == "hist" and self.info.spec is not None:
-            self.split = split_at_equalisation(self.model_file, self.info.spec.mean, self.info.spec.std)
-            if self.split is not None:
-                self.session = onnxruntime.InferenceSession(self.split.trunk, session_options, providers=providers)
 
     def run_all(self, batch: np.ndarray) -> Tuple[np.ndarray, ...]:
         feeds = self.split.feeds(batch) if self.split is not None else {self.input_name: batch}
