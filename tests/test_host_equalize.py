@@ -78,3 +78,13 @@ def test_a_model_without_equalisation_runs_whole(trained_model_dir, tmp_path):
     backend = OnnxRuntimeBackend(export_onnx(ExportOptions(model_dir=model_dir)))
     assert backend.split is None and "host" not in backend.describe()
     assert split_at_equalisation(backend.model_file) is None
+
+
+def test_the_back_end_names_the_models_own_input_when_it_runs_the_cut_graph(trained_model_dir, tmp_path):
+    """jetson-inference's --input_blob is checked against this name. Without the input gate, the cut graph
+    reads only the equalisation's output; the model's input is still input_0."""
+    onnx_path = export_onnx(ExportOptions(model_dir=trained_model_dir, output=str(tmp_path / "plain.onnx"),
+                                          gate=False, cam=False))
+    backend = OnnxRuntimeBackend(onnx_path)
+    assert backend.split is not None and not backend.split.needs_input
+    assert backend.input_name == INPUT_NAME

@@ -10,7 +10,7 @@ import numpy as np
 
 from cxr_jetson.core.model_files import int8_model, locate_model, stale_int8
 from cxr_jetson.core.model_info import ModelInfo
-from cxr_jetson.core.names import CAM_NAME, GATE_NAME
+from cxr_jetson.core.names import CAM_NAME, GATE_NAME, INPUT_NAME
 from cxr_jetson.edge.backends import Backend, BackendError, BackendOptions
 from cxr_jetson.edge.backends.host_equalize import EqualisationSplit, split_at_equalisation
 
@@ -51,7 +51,10 @@ class OnnxRuntimeBackend(Backend):
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise BackendError(f"ONNX Runtime cannot load {self.model_file}: {first_line}") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        # The trunk's first input may be the equalisation's output; the model's own input is still input_0
+        # (split_at_equalisation cuts only a graph whose input it is), and the two have the same shape.
+        self.input_name = INPUT_NAME if self.split is not None else inputs[0].name
+        self.output_name = outputs[0].name
         present = {o.name for o in outputs}
         self.output_names = [outputs[0].name] + [name for name in (CAM_NAME, GATE_NAME) if name in present]
         self.has_cam, self.has_gate = CAM_NAME in present, GATE_NAME in present
