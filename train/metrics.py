@@ -63,17 +63,15 @@ def logit_midpoint(upper: float, lower: float) -> float:
     return 1.0 / (1.0 + math.exp(-middle))
 
 
-def choose_threshold(scores: np.ndarray, targets: np.ndarray, policy: str,
-                     sample_weight: Optional[np.ndarray] = None) -> float:
-    """Decision threshold on the positive-class probability, chosen on (validation) ``scores``, each image
-    counted with its ``sample_weight`` (default 1)."""
+def choose_threshold(scores: np.ndarray, targets: np.ndarray, policy: str) -> float:
+    """Decision threshold on the positive-class probability, chosen on (validation) ``scores``."""
     name, value = parse_policy(policy)
     if name == "fixed":
         return float(value)
     if len(np.unique(targets)) < 2:
         warnings.warn(f"validation has a single class; threshold left at {DEFAULT_THRESHOLD}", stacklevel=2)
         return DEFAULT_THRESHOLD
-    fpr, tpr, thresholds = roc_curve(targets, scores, sample_weight=sample_weight, drop_intermediate=False)
+    fpr, tpr, thresholds = roc_curve(targets, scores, drop_intermediate=False)
     if name == "youden":
         index = int(np.argmax(tpr - fpr))
     else:
