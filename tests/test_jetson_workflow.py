@@ -117,14 +117,20 @@ def test_the_emulator_samples_as_jetson_utils_does():
 
 
 def _tutorial_data(root) -> None:
-    """jetson-inference's tutorial layout: DIR/{train,val,test}/<Class>/ and DIR/labels.txt."""
+    """jetson-inference's tutorial layout: DIR/{train,val,test}/<Class>/ and DIR/labels.txt.
+
+    The test images are drawn at the network's 224 x 224, so imagenet.py's point sampling and classify.py's
+    area resize read the same pixels and the two decisions must agree exactly, whatever model the unseeded
+    tutorial run trains. At other sizes the two resamplings differ, and an image whose probability sits
+    near the threshold may be decided differently; bench/jetson_agreement.py measures that on real X-rays."""
     rng = np.random.default_rng(3)
     for split, count in (("train", 3), ("val", 2), ("test", 1)):
+        height, width = (224, 224) if split == "test" else (200, 240)
         for label in ("Normal", "Pneumonia"):
             folder = root / "data" / "xray" / split / label
             folder.mkdir(parents=True)
             for index in range(count):
-                cv2.imwrite(str(folder / f"{index}.jpg"), synthetic_xray(rng, label == "Pneumonia", 200, 240))
+                cv2.imwrite(str(folder / f"{index}.jpg"), synthetic_xray(rng, label == "Pneumonia", height, width))
     (root / "data" / "xray" / "labels.txt").write_text("Normal\nPneumonia\n")
 
 
