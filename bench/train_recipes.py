@@ -28,7 +28,7 @@ import os
 import shlex
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -106,6 +106,20 @@ def holdout_layout(data: str, output: str, prefix: str, negative: str, positive:
     return counts
 
 
+def held_out_data(requested: str, prefix: str, scratch: str) -> Tuple[str, List[str], Optional[Dict[str, int]]]:
+    """The data set (find_data) with the ``prefix-*`` normal series held out in SCRATCH (none without a
+    prefix): its folder, its classes, and the layout's counts."""
+    data = find_data(requested, scratch)
+    classes = find_classes(os.path.join(data, "train"))
+    if not prefix:
+        return data, classes, None
+    negative, positive = classes[1 - _positive(classes)], classes[_positive(classes)]
+    held = os.path.join(scratch, "holdout")
+    layout = holdout_layout(data, held, prefix, negative, positive)
+    print(f"== series {prefix}-* {negative} images held out: {layout}")
+    return held, classes, layout
+
+
 def score(probabilities: np.ndarray, split: CachedSplit, positive: int, threshold: float) -> Dict[str, float]:
     """The headline metrics at ``threshold``, each with its 95% interval (train/intervals.py)."""
     metrics = evaluate_probabilities(probabilities, split.labels.numpy(), positive, threshold, intervals=True,
@@ -114,17 +128,29 @@ def score(probabilities: np.ndarray, split: CachedSplit, positive: int, threshol
     return {key: metrics[key] for key in kept if key in metrics}
 
 
+def load_everywhere(data: str, classes: List[str], spec: PreprocessSpec, series: bool) -> Dict[str, CachedSplit]:
+    """Val, each proxy of it, and (with ``series``) the held-out series, decoded once as ``spec`` prepares them."""
+    splits = load_with_proxies(data, "val", classes, spec, 2)
+    if series:
+        splits.update(load_with_proxies(data, SERIES_PROXY, classes, spec, 2, proxies=()))
+    return splits
+
+
+def predict_everywhere(model: torch.nn.Module, splits: Dict[str, CachedSplit], spec: PreprocessSpec,
+                       device: torch.device) -> Dict[str, Tuple[np.ndarray, CachedSplit]]:
+    """The model's probabilities on each of ``splits`` (load_everywhere), with the split."""
+    model.to(device).eval()
+    return {name: (predict_probabilities(model, split, spec, device, 64, False, f"score {name}"), split)
+            for name, split in splits.items()}
+
+
 def evaluate_everywhere(model: torch.nn.Module, data: str, classes: List[str], spec: PreprocessSpec,
                         threshold: float, device: torch.device, series: bool) -> Dict[str, Dict[str, float]]:
     """Metrics at ``threshold`` on val, each proxy of it, and the held-out series."""
     positive = _positive(classes)
-    splits = load_with_proxies(data, "val", classes, spec, 2)
-    if series:
-        splits.update(load_with_proxies(data, SERIES_PROXY, classes, spec, 2, proxies=()))
-    model.to(device).eval()
-    return {name: score(predict_probabilities(model, split, spec, device, 64, False, f"score {name}"), split,
-                        positive, threshold)
-            for name, split in splits.items()}
+    predictions = predict_everywhere(model, load_everywhere(data, classes, spec, series), spec, device)
+    return {name: score(probabilities, split, positive, threshold)
+            for name, (probabilities, split) in predictions.items()}
 
 
 def run_ours(data: str, model_dir: str, epochs: int, resolution: int, device: str, extra: List[str]) -> Dict:
@@ -246,15 +272,7 @@ def main(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     results: Dict[str, Dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        data = find_data(args.data, scratch)
-        classes = find_classes(os.path.join(data, "train"))
-        negative = classes[1 - _positive(classes)]
-        layout: Optional[Dict[str, int]] = None
-        if args.holdout_series:
-            held = os.path.join(scratch, "holdout")
-            layout = holdout_layout(data, held, args.holdout_series, negative, classes[_positive(classes)])
-            data = held
-            print(f"== series {args.holdout_series}-* {negative} images held out: {layout}")
+        data, classes, layout = held_out_data(args.data, args.holdout_series, scratch)
         series = layout is not None
         # jetson-inference's recipe first: ours sets the process's allocator to keep freed memory
         # (train/hardware.py keep_freed_memory), which would speed up a plain loop run after it.
