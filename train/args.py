@@ -107,8 +107,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="auto: loss weight n/(classes*n_c) per class, so the 3:1 pneumonia majority does "
                              "not dominate; none; or one weight per class, e.g. 1.5,0.5")
     parser.add_argument("--threshold-policy", default=DEFAULTS.threshold_policy,
-                        help="how the decision threshold is chosen on validation data: youden, "
-                             "sensitivity:0.95 or fixed:0.5")
+                        help="how the decision threshold is chosen on validation data: sensitivity:0.96 "
+                             "(default: the highest threshold that catches 96%% of positives), youden or fixed:0.5")
     add_bool_flag(parser, "robust-threshold", DEFAULTS.robust_threshold,
                   "choose the threshold and model_best on validation plus a degraded copy of it (train/shift.py), "
                   "not on in-distribution validation alone")

@@ -6,10 +6,13 @@ accuracy, PPV/NPV, F1 and the confusion matrix. Argmax accuracy is reported too,
 does.
 
 Threshold policies, applied to validation data only:
-- ``youden`` (default): maximises sensitivity + specificity - 1 (equivalently balanced accuracy),
-  so neither class dominates because of imbalance (3:1 pneumonia in this data set);
-- ``sensitivity:0.95``: the highest threshold that still catches at least 95% of positives, for
-  screening where a miss costs more than a false alarm;
+- ``sensitivity:0.96`` (default): the highest threshold that still catches at least 96% of positives,
+  for screening where a miss costs more than a false alarm. Over three seeds it kept a cross-fitted
+  sensitivity of at least 0.95 on validation, every shift proxy and an unseen series, where Youden's fell
+  to 0.93: a target is set by the hundreds of positive images, Youden by the few normals at the edge
+  (bench/threshold_policies.py);
+- ``youden``: maximises sensitivity + specificity - 1 (equivalently balanced accuracy), so neither
+  class dominates because of imbalance (3:1 pneumonia in this data set);
 - ``fixed:0.5``: no tuning.
 Any threshold inside the interval that gives the optimal operating point classifies validation
 identically; the policy returns the middle of that interval on the logit scale rather than its
@@ -29,7 +32,7 @@ from cxr_jetson.core.decision import DEFAULT_THRESHOLD, decided_classes, is_posi
 from cxr_jetson.core.errors import ToolkitError
 from cxr_jetson.train.intervals import screening_intervals
 
-DEFAULT_POLICY = "youden"
+DEFAULT_POLICY = "sensitivity:0.96"
 
 
 class PolicyError(ToolkitError):
