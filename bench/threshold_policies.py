@@ -139,6 +139,15 @@ def score_model(model_dir: str, data: str, classes: List[str], device: torch.dev
             "policies": score_policies(predictions, positive, policies, folds, seed)}
 
 
+def scored_layout(requested: str, prefix: str, scratch: str) -> Tuple[str, List[str]]:
+    """The held-out layout the models were trained on, and its classes: ``requested`` itself when it has a
+    series split, else made again in SCRATCH from the prepared data set (bench.train_recipes)."""
+    if requested and os.path.isdir(os.path.join(requested, SERIES_PROXY)):
+        return requested, find_classes(os.path.join(requested, "train"))
+    data, classes, _ = held_out_data(requested, prefix, scratch)
+    return data, classes
+
+
 def _cell(rates_of_split: Dict[str, float]) -> str:
     return f"{rates_of_split['sensitivity']:.3f} / {rates_of_split['specificity']:.3f}"
 
@@ -193,9 +202,9 @@ def plot(results: Dict[str, Dict], policies: List[str], path: str) -> None:
     plt.close(figure)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Compare decision-threshold policies on images the threshold "
-                                                 "never saw, over several trained models (seeds).")
+def add_held_out_arguments(parser: argparse.ArgumentParser, output: str) -> None:
+    """The arguments of a benchmark that scores model dirs on the held-out layout with cross-fitted folds
+    (this one and bench/ensembles.py); ``output`` names the default JSON in bench/results."""
     parser.add_argument("model_dirs", nargs="+", metavar="MODEL_DIR",
                         help="train.py model dirs trained with the series held out (bench.train_recipes)")
     parser.add_argument("--data", default="", help="the held-out layout (a folder with a series split), or a "
@@ -203,11 +212,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--holdout-series", default="IM", metavar="PREFIX",
                         help="the normal series the models were trained without, when --data has no series split")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--policies", default=DEFAULT_POLICIES, help="comma-separated train.py threshold policies")
     parser.add_argument("--folds", type=int, default=5, help="validation folds of the cross-fitting")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
-    parser.add_argument("--output", default=os.path.join("bench", "results", "threshold_policies.json"),
+    parser.add_argument("--output", default=os.path.join("bench", "results", output),
                         help="figures (JSON); the picture goes next to it as .png")
+
+
+def check_folds(folds: int) -> None:
+    if folds < 2:
+        raise ToolkitError(f"--folds {folds}: cross-fitting needs at least 2 folds")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Compare decision-threshold policies on images the threshold "
+                                                 "never saw, over several trained models (seeds).")
+    add_held_out_arguments(parser, "threshold_policies.json")
+    parser.add_argument("--policies", default=DEFAULT_POLICIES, help="comma-separated train.py threshold policies")
     return parser
 
 
@@ -215,17 +235,13 @@ def main(args: argparse.Namespace) -> int:
     policies = [policy for policy in args.policies.split(",") if policy]
     for policy in policies:
         parse_policy(policy)
-    if args.folds < 2:
-        raise ToolkitError(f"--folds {args.folds}: cross-fitting needs at least 2 folds")
+    check_folds(args.folds)
     for model_dir in args.model_dirs:
         if not os.path.isfile(os.path.join(model_dir, BEST_CHECKPOINT)):
             raise ToolkitError(f"{model_dir}: no {BEST_CHECKPOINT}; train it first (bench.train_recipes --model-dir)")
     device = select_device(args.device)
     with tempfile.TemporaryDirectory() as scratch:
-        if args.data and os.path.isdir(os.path.join(args.data, SERIES_PROXY)):
-            data, classes = args.data, find_classes(os.path.join(args.data, "train"))
-        else:
-            data, classes, _ = held_out_data(args.data, args.holdout_series, scratch)
+        data, classes = scored_layout(args.data, args.holdout_series, scratch)
         loaded: Dict[PreprocessSpec, Dict[str, CachedSplit]] = {}
         results = {model_dir: score_model(model_dir, data, classes, device, policies, args.folds, args.seed, loaded)
                    for model_dir in args.model_dirs}
