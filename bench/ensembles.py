@@ -35,7 +35,6 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from bench.machine import describe
@@ -44,6 +43,7 @@ from bench.threshold_policies import (
     SHOWN,
     VALIDATION,
     add_held_out_arguments,
+    auc_by_split,
     check_folds,
     score_policies,
     scored_layout,
@@ -58,7 +58,6 @@ from cxr_jetson.networks.checkpoint import load_checkpoint, preprocess_spec
 from cxr_jetson.networks.model import model_from_checkpoint
 from cxr_jetson.train.dataset import CachedSplit
 from cxr_jetson.train.hardware import select_device
-from cxr_jetson.train.intervals import auc_interval, patient_groups
 from cxr_jetson.train.metrics import DEFAULT_POLICY, parse_policy
 from cxr_jetson.train.report import write_json
 
@@ -125,17 +124,6 @@ def combined_predictions(view_predictions: Dict[str, Dict[str, Tuple[np.ndarray,
     splits = view_predictions[views[0]]
     return {split: (np.mean([view_predictions[view][split][0] for view in views], axis=0), cached)
             for split, (_, cached) in splits.items()}
-
-
-def auc_by_split(predictions: Dict[str, Tuple[np.ndarray, CachedSplit]], positive: int) -> Dict[str, Dict]:
-    """AUC with its patient-bootstrap 95% interval on each split."""
-    result = {}
-    for name, (probabilities, split) in predictions.items():
-        targets = (split.labels.numpy() == positive).astype(int)
-        scores = probabilities[:, positive]
-        low, high = auc_interval(scores, targets, patient_groups(split.paths))
-        result[name] = {"auc": float(roc_auc_score(targets, scores)), "auc_low": low, "auc_high": high}
-    return result
 
 
 def inference_costs(networks: Dict[str, nn.Module], image: np.ndarray, repeats: int) -> Dict[str, float]:

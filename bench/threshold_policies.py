@@ -17,6 +17,7 @@ a prepared data set from which ``--holdout-series`` makes it again). For each mo
   scored on the images that set it, it would meet itself by construction. The series' normals are
   never seen by training or threshold; its pneumonia images are validation's, in their folds.
 
+Each model's AUC per split, with its patient-bootstrap 95% interval, comes with them (threshold-free).
 model_best was still chosen on all of validation, so validation's own figures keep a small optimism;
 the series' normals carry none. Intervals are exact binomial (train/intervals.py). Writes JSON and a
 picture of specificity against sensitivity per split, one point per model and policy.
@@ -30,6 +31,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
 from bench.machine import describe
@@ -43,7 +45,7 @@ from cxr_jetson.networks.checkpoint import load_checkpoint, preprocess_spec
 from cxr_jetson.networks.model import model_from_checkpoint
 from cxr_jetson.train.dataset import CachedSplit, find_classes
 from cxr_jetson.train.hardware import select_device
-from cxr_jetson.train.intervals import patient_groups, proportion_interval
+from cxr_jetson.train.intervals import auc_interval, patient_groups, proportion_interval
 from cxr_jetson.train.metrics import choose_threshold, parse_policy
 from cxr_jetson.train.report import write_json
 from cxr_jetson.train.shift import TRAINING_PROXY
@@ -93,9 +95,9 @@ def cross_fitted_thresholds(scores: Dict[str, np.ndarray], targets: Dict[str, np
 def rates(called: np.ndarray, targets: np.ndarray) -> Dict[str, float]:
     """Sensitivity, specificity and accuracy of 0/1 calls, each with its exact 95% interval."""
     result: Dict[str, float] = {}
-    for name, kept, wanted in (("sensitivity", targets == 1, 1), ("specificity", targets == 0, 0),
-                               ("accuracy", np.ones_like(targets, bool), None)):
-        right = int(np.sum((called[kept] == targets[kept]) if wanted is None else (called[kept] == wanted)))
+    for name, kept in (("sensitivity", targets == 1), ("specificity", targets == 0),
+                       ("accuracy", np.ones_like(targets, bool))):
+        right = int(np.sum(called[kept] == targets[kept]))
         total = int(np.sum(kept))
         low, high = proportion_interval(right, total)
         result.update({name: right / total if total else float("nan"), f"{name}_low": low, f"{name}_high": high,
@@ -123,6 +125,17 @@ def score_policies(predictions: Dict[str, Tuple[np.ndarray, CachedSplit]], posit
     return results
 
 
+def auc_by_split(predictions: Dict[str, Tuple[np.ndarray, CachedSplit]], positive: int) -> Dict[str, Dict]:
+    """AUC with its patient-bootstrap 95% interval on each split."""
+    result = {}
+    for name, (probabilities, split) in predictions.items():
+        targets = (split.labels.numpy() == positive).astype(int)
+        scores = probabilities[:, positive]
+        low, high = auc_interval(scores, targets, patient_groups(split.paths))
+        result[name] = {"auc": float(roc_auc_score(targets, scores)), "auc_low": low, "auc_high": high}
+    return result
+
+
 def score_model(model_dir: str, data: str, classes: List[str], device: torch.device, policies: List[str],
                 folds: int, seed: int, loaded: Dict[PreprocessSpec, Dict[str, CachedSplit]]) -> Dict:
     """The policies on one model; ``loaded`` keeps the decoded splits of each preprocessing for the next."""
@@ -136,6 +149,7 @@ def score_model(model_dir: str, data: str, classes: List[str], device: torch.dev
     predictions = predict_everywhere(model_from_checkpoint(checkpoint), loaded[spec], spec, device)
     return {"epoch": checkpoint.get("epoch"), "shipped_threshold": checkpoint.get("threshold"),
             "shipped_policy": checkpoint.get("threshold_policy"),
+            "auc": auc_by_split(predictions, positive),
             "policies": score_policies(predictions, positive, policies, folds, seed)}
 
 
@@ -169,6 +183,11 @@ def table(results: Dict[str, Dict], policies: List[str]) -> str:
             values = [result["policies"][policy]["splits"][SERIES_PROXY][measure] for result in results.values()]
             lines.append(f"{'':<18}series {measure} over the models: mean {np.mean(values):.3f}, "
                          f"range {min(values):.3f}-{max(values):.3f}")
+    lines.append("AUC [95% CI]: " + ", ".join(SHOWN))
+    for model, result in results.items():
+        lines.append(f"{os.path.basename(model.rstrip('/')):<22}" + "".join(
+            f"{result['auc'][name]['auc']:>10.4f} [{result['auc'][name]['auc_low']:.4f}, "
+            f"{result['auc'][name]['auc_high']:.4f}]" for name in SHOWN))
     return "\n".join(lines)
 
 

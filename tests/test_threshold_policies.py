@@ -138,6 +138,8 @@ def test_the_command_scores_a_trained_model_on_every_split(trained_model_dir, pr
     assert main(args) == 0
     result = json.load(open(output))["results"][trained_model_dir]
     assert set(result["policies"]) == {"youden", "sensitivity:0.9"}
+    for split in (VALIDATION, SERIES_PROXY):  # the interval is null here: too few images of a class to resample
+        assert 0 <= result["auc"][split]["auc"] <= 1 and {"auc_low", "auc_high"} <= set(result["auc"][split])
     for scored in result["policies"].values():
         assert len(scored["fold_thresholds"]) == 2
         assert SERIES_PROXY in scored["splits"] and VALIDATION in scored["splits"]
