@@ -62,6 +62,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--early-stop", type=int, default=DEFAULTS.early_stop, metavar="PATIENCE",
                         help="stop after PATIENCE epochs without a better --select-metric (0: never)")
     parser.add_argument("--label-smoothing", type=float, default=DEFAULTS.label_smoothing, help="label smoothing of the loss")
+    parser.add_argument("--mixup", type=float, default=DEFAULTS.mixup, metavar="ALPHA",
+                        help="mixup (Zhang et al., 2018): train on pairs of augmented images blended with a weight "
+                             "drawn from Beta(ALPHA, ALPHA), the loss blended alike (0: off, the default)")
     finetune = parser.add_argument_group("fine-tuning")
     finetune.add_argument("--head-dropout", type=float, default=DEFAULTS.head_dropout, help="dropout before the new linear head")
     finetune.add_argument("--freeze-backbone", action="store_true", help="train the head only")

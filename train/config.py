@@ -48,6 +48,7 @@ class TrainConfig:
     plateau_patience: int = 3
     early_stop: int = 0
     label_smoothing: float = 0.0
+    mixup: float = 0.0                     # Beta(alpha, alpha) of mixup; 0: off
     head_dropout: float = 0.0
     freeze_backbone: bool = False
     unfreeze_at: Optional[int] = None

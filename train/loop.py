@@ -5,7 +5,7 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ class StepSettings:
     amp_dtype: Optional[torch.dtype]
     channels_last: bool
     print_freq: int
+    mixup: float = 0.0          # alpha of mixup's Beta(alpha, alpha); 0: off
 
 
 @dataclass
@@ -85,15 +86,31 @@ def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     return batch.to(device, non_blocking=True)
 
 
+def mixup_pairs(count: int, alpha: float, generator: torch.Generator) -> Tuple[float, Optional[torch.Tensor]]:
+    """Mixup's blend weight, drawn from Beta(alpha, alpha), and each image's partner (a permutation of the
+    batch), both from the run's generator so that a seeded run repeats; (1.0, None) when mixup is off."""
+    if alpha <= 0 or count < 2:
+        return 1.0, None
+    # numpy's Beta sampler, seeded from the run's generator: torch's Beta sampler takes no generator.
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    weight = float(np.random.default_rng(seed).beta(alpha, alpha))
+    return weight, torch.randperm(count, generator=generator)
+
+
 def _step(model: nn.Module, run: "TrainingRun", images: torch.Tensor, targets: torch.Tensor,
           settings: StepSettings) -> tuple:
     """Augment, forward, backward, update; returns the (loss, outputs) of the batch."""
     inputs = augment_batch(images, settings.spec, settings.augment, run.generator)
+    weight, partners = mixup_pairs(len(inputs), settings.mixup, run.generator)
+    if partners is not None:
+        inputs = weight * inputs + (1.0 - weight) * inputs[partners.to(inputs.device)]
     if settings.channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     with _autocast(settings.device, settings.amp_dtype):
         outputs = model(inputs)
         loss = run.criterion(outputs.float(), targets)
+        if partners is not None:
+            loss = weight * loss + (1.0 - weight) * run.criterion(outputs.float(), targets[partners.to(targets.device)])
     run.optimizer.zero_grad(set_to_none=True)
     if run.scaler is not None:
         run.scaler.scale(loss).backward()

@@ -155,7 +155,7 @@ def _setup(config: TrainConfig, ddp: Distributed) -> _Session:
     if ddp.is_main:
         write_json(os.path.join(config.model_dir, "args.json"), config.to_dict())
     settings = StepSettings(spec, AUGMENTATIONS[config.augment], ddp.device, config.batch_size, amp_dtype,
-                            config.channels_last, config.print_freq)
+                            config.channels_last, config.print_freq, config.mixup)
     return _Session(config, ddp, spec, classes, positive_index(classes, class_to_record(classes)), run,
                     on_training_device(train_split, ddp.device), val_splits, settings, data_record,
                     tensorboard_writer(config) if ddp.is_main else None)
@@ -305,6 +305,8 @@ def main(args: argparse.Namespace) -> int:
         raise ToolkitError("--epochs must be at least 1")
     if config.batch_size < 1:
         raise ToolkitError("--batch-size must be at least 1")
+    if config.mixup < 0:
+        raise ToolkitError(f"--mixup {config.mixup}: ALPHA of Beta(ALPHA, ALPHA) must be positive, or 0 for off")
     parse_age_range(config.population_age)  # a typo must stop the run before training, not after it
     if config.batch_size == 1:
         # Convolutional batch norms normalise over batch x height x width: one image per step trains (as in

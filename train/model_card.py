@@ -21,7 +21,7 @@ from cxr_jetson.networks.input_gate import GATE_FILE, GateStatistics
 from cxr_jetson.networks.model import model_from_checkpoint
 
 _RECIPE_KEYS = ("arch", "pretrained", "weights", "equalize", "augment", "epochs", "batch_size", "optimizer", "lr",
-                "warmup_epochs", "momentum", "weight_decay", "scheduler", "class_weights", "label_smoothing",
+                "warmup_epochs", "momentum", "weight_decay", "scheduler", "class_weights", "label_smoothing", "mixup",
                 "head_dropout", "freeze_backbone", "unfreeze_at", "backbone_lr_scale", "train_last", "early_stop",
                 "select_metric", "threshold_policy", "robust_threshold", "recalibrate_bn", "amp", "seed")
 
