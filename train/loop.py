@@ -103,14 +103,16 @@ def _step(model: nn.Module, run: "TrainingRun", images: torch.Tensor, targets: t
     inputs = augment_batch(images, settings.spec, settings.augment, run.generator)
     weight, partners = mixup_pairs(len(inputs), settings.mixup, run.generator)
     if partners is not None:
-        inputs = weight * inputs + (1.0 - weight) * inputs[partners.to(inputs.device)]
+        partners = partners.to(inputs.device)
+        inputs = weight * inputs + (1.0 - weight) * inputs[partners]
     if settings.channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     with _autocast(settings.device, settings.amp_dtype):
         outputs = model(inputs)
-        loss = run.criterion(outputs.float(), targets)
+        logits = outputs.float()
+        loss = run.criterion(logits, targets)
         if partners is not None:
-            loss = weight * loss + (1.0 - weight) * run.criterion(outputs.float(), targets[partners.to(targets.device)])
+            loss = weight * loss + (1.0 - weight) * run.criterion(logits, targets[partners])
     run.optimizer.zero_grad(set_to_none=True)
     if run.scaler is not None:
         run.scaler.scale(loss).backward()
