@@ -44,7 +44,9 @@ from bench.threshold_policies import (
     VALIDATION,
     add_held_out_arguments,
     auc_by_split,
+    best_checkpoint,
     check_folds,
+    model_names,
     score_policies,
     scored_layout,
 )
@@ -52,7 +54,6 @@ from bench.train_recipes import load_everywhere, predict_everywhere
 from cxr_jetson.core.cli import run_cli
 from cxr_jetson.core.decision import positive_index
 from cxr_jetson.core.errors import ToolkitError
-from cxr_jetson.core.names import BEST_CHECKPOINT
 from cxr_jetson.core.preprocess import PreprocessSpec, normalize
 from cxr_jetson.networks.checkpoint import load_checkpoint, preprocess_spec
 from cxr_jetson.networks.model import model_from_checkpoint
@@ -143,22 +144,18 @@ def inference_costs(networks: Dict[str, nn.Module], image: np.ndarray, repeats: 
 
 
 def load_members(model_dirs: Sequence[str]) -> Tuple[Dict[str, nn.Module], PreprocessSpec, List[str], int]:
-    """Each model dir's network (named by its folder), with the preprocessing, classes and positive class they
-    share; refuses members that do not share them, since they could not run on one prepared input."""
+    """Each model dir's network (named as bench.threshold_policies.model_names names it), with the
+    preprocessing, classes and positive class they share; refuses members that do not share them, since they
+    could not run on one prepared input."""
     members, specs, class_lists = {}, set(), set()
+    names = model_names(model_dirs)
     for model_dir in model_dirs:
-        path = os.path.join(model_dir, BEST_CHECKPOINT)
-        if not os.path.isfile(path):
-            raise ToolkitError(f"{model_dir}: no {BEST_CHECKPOINT}; train it first (bench.train_recipes --model-dir)")
-        checkpoint = load_checkpoint(path)
+        checkpoint = load_checkpoint(best_checkpoint(model_dir))
         classes = tuple(checkpoint.get("classes") or ())
         positive = positive_index(list(classes), checkpoint.get("positive_class"))
         if positive is None:
             raise ToolkitError(f"{model_dir}: not a two-class model with a positive class")
-        name = os.path.basename(os.path.normpath(model_dir))
-        if name in members:
-            raise ToolkitError(f"{model_dir}: two model dirs are named {name}; give each member its own folder name")
-        members[name] = model_from_checkpoint(checkpoint)
+        members[names[model_dir]] = model_from_checkpoint(checkpoint)
         specs.add(preprocess_spec(checkpoint))
         class_lists.add((classes, positive))
     if len(specs) > 1 or len(class_lists) > 1:

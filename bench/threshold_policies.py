@@ -136,10 +136,18 @@ def auc_by_split(predictions: Dict[str, Tuple[np.ndarray, CachedSplit]], positiv
     return result
 
 
+def best_checkpoint(model_dir: str) -> str:
+    """model_best's path in MODEL_DIR, or a clear error when it has none."""
+    path = os.path.join(model_dir, BEST_CHECKPOINT)
+    if not os.path.isfile(path):
+        raise ToolkitError(f"{model_dir}: no {BEST_CHECKPOINT}; train it first (bench.train_recipes --model-dir)")
+    return path
+
+
 def score_model(model_dir: str, data: str, classes: List[str], device: torch.device, policies: List[str],
                 folds: int, seed: int, loaded: Dict[PreprocessSpec, Dict[str, CachedSplit]]) -> Dict:
     """The policies on one model; ``loaded`` keeps the decoded splits of each preprocessing for the next."""
-    checkpoint = load_checkpoint(os.path.join(model_dir, BEST_CHECKPOINT))
+    checkpoint = load_checkpoint(best_checkpoint(model_dir))
     positive = positive_index(classes, checkpoint.get("positive_class"))
     if positive is None:
         raise ToolkitError(f"{model_dir}: not a two-class model with a positive class; threshold policies need one")
@@ -162,6 +170,20 @@ def scored_layout(requested: str, prefix: str, scratch: str) -> Tuple[str, List[
     return data, classes
 
 
+def model_names(model_dirs: Sequence[str]) -> Dict[str, str]:
+    """Each model dir's name in tables and pictures: the fewest trailing folders that tell it from the others
+    (``s1`` alone, ``seeds/s1`` and ``mixup/s1`` together). The same folder twice is refused."""
+    parts = {model_dir: os.path.abspath(model_dir).split(os.sep) for model_dir in model_dirs}
+    if len({tuple(folders) for folders in parts.values()}) < len(parts):
+        raise ToolkitError("a model dir is given twice; give each model once")
+    depth = 1
+    while True:
+        names = {model_dir: "/".join(folders[-depth:]) for model_dir, folders in parts.items()}
+        if len(set(names.values())) == len(names):
+            return names
+        depth += 1
+
+
 def _cell(rates_of_split: Dict[str, float]) -> str:
     return f"{rates_of_split['sensitivity']:.3f} / {rates_of_split['specificity']:.3f}"
 
@@ -169,13 +191,14 @@ def _cell(rates_of_split: Dict[str, float]) -> str:
 def table(results: Dict[str, Dict], policies: List[str]) -> str:
     """One row per policy and model: the shipped threshold, cross-fitted sensitivity / specificity per split,
     and the series' specificity with its interval; then each policy's range over the models."""
+    names = model_names(list(results))
     header = f"{'policy':<18}{'model':<22}{'threshold':>10}" + "".join(f"{name:>22}" for name in SHOWN)
     lines = [header + f"{'series spec [95% CI]':>26}"]
     for policy in policies:
         for model, result in results.items():
             scored = result["policies"][policy]
             series = scored["splits"][SERIES_PROXY]
-            lines.append(f"{policy:<18}{os.path.basename(model.rstrip('/')):<22}{scored['threshold']:>10.3f}"
+            lines.append(f"{policy:<18}{names[model]:<22}{scored['threshold']:>10.3f}"
                          + "".join(f"{_cell(scored['splits'][name]):>22}" for name in SHOWN)
                          + f"{series['specificity']:>12.3f} [{series['specificity_low']:.3f}, "
                            f"{series['specificity_high']:.3f}]")
@@ -185,7 +208,7 @@ def table(results: Dict[str, Dict], policies: List[str]) -> str:
                          f"range {min(values):.3f}-{max(values):.3f}")
     lines.append("AUC [95% CI]: " + ", ".join(SHOWN))
     for model, result in results.items():
-        lines.append(f"{os.path.basename(model.rstrip('/')):<22}" + "".join(
+        lines.append(f"{names[model]:<22}" + "".join(
             f"{result['auc'][name]['auc']:>10.4f} [{result['auc'][name]['auc_low']:.4f}, "
             f"{result['auc'][name]['auc_high']:.4f}]" for name in SHOWN))
     return "\n".join(lines)
@@ -200,6 +223,7 @@ def plot(results: Dict[str, Dict], policies: List[str], path: str) -> None:
     figure, axes = plt.subplots(1, len(SHOWN), figsize=(4.6 * len(SHOWN), 4.4))
     colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(policies)))
     markers = "osD^vP*X"
+    names = model_names(list(results))
     for axis, name in zip(axes, SHOWN):
         for colour, policy in zip(colours, policies):
             for number, (model, result) in enumerate(results.items()):
@@ -215,7 +239,7 @@ def plot(results: Dict[str, Dict], policies: List[str], path: str) -> None:
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower left")
     figure.suptitle("Threshold policies on images the threshold never saw; markers: "
-                    + ", ".join(f"{markers[i % len(markers)]} {os.path.basename(m.rstrip('/'))}"
+                    + ", ".join(f"{markers[i % len(markers)]} {names[m]}"
                                 for i, m in enumerate(results)), fontsize=9)
     figure.savefig(path, dpi=110, bbox_inches="tight")  # beside the JSON, whose folder exists by now
     plt.close(figure)
@@ -255,9 +279,9 @@ def main(args: argparse.Namespace) -> int:
     for policy in policies:
         parse_policy(policy)
     check_folds(args.folds)
+    model_names(args.model_dirs)
     for model_dir in args.model_dirs:
-        if not os.path.isfile(os.path.join(model_dir, BEST_CHECKPOINT)):
-            raise ToolkitError(f"{model_dir}: no {BEST_CHECKPOINT}; train it first (bench.train_recipes --model-dir)")
+        best_checkpoint(model_dir)
     device = select_device(args.device)
     with tempfile.TemporaryDirectory() as scratch:
         data, classes = scored_layout(args.data, args.holdout_series, scratch)

@@ -16,6 +16,7 @@ from bench.threshold_policies import (
     VALIDATION,
     get_args_parser,
     main,
+    model_names,
     score_policies,
     split_folds,
     validation_folds,
@@ -150,3 +151,12 @@ def test_the_command_scores_a_trained_model_on_every_split(trained_model_dir, pr
 def test_a_model_dir_without_a_model_is_refused(tmp_path):
     with pytest.raises(ToolkitError, match="no model_best"):
         main(get_args_parser().parse_args([str(tmp_path), "--folds", "2"]))
+
+
+def test_models_are_named_by_the_fewest_folders_that_tell_them_apart(tmp_path):
+    assert model_names(["runs/seeds/s1", "runs/seeds/s2"]) == {"runs/seeds/s1": "s1", "runs/seeds/s2": "s2"}
+    assert model_names(["seeds/s1", "mixup/s1", "mixup/s2"]) == {"seeds/s1": "seeds/s1", "mixup/s1": "mixup/s1",
+                                                                 "mixup/s2": "mixup/s2"}
+    assert model_names(["a/x/s1", "b/x/s1/"]) == {"a/x/s1": "a/x/s1", "b/x/s1/": "b/x/s1"}
+    with pytest.raises(ToolkitError, match="given twice"):
+        model_names([str(tmp_path / "s1"), str(tmp_path / "s1") + os.sep])
