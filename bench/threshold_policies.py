@@ -3,6 +3,8 @@
     python3 -m bench.train_recipes --recipes ours --epochs 12 --ours-args "--seed 1" --model-dir models/seed1
     python3 -m bench.threshold_policies models/seed1 models/seed2 models/seed3
     python3 -m bench.threshold_policies --policies youden,sensitivity:0.97 --data HOLDOUT models/seed*
+    python3 -m bench.threshold_policies --policies sensitivity:0.96 models/seed1 models/seed1-mixup \
+        --pair models/seed1 models/seed1-mixup
 
 Each MODEL_DIR is a train.py model dir trained with the ``IM-*`` normal series held out, as
 bench/train_recipes.py lays the data out (``--data``: that layout, a folder with a ``series`` split, or
@@ -18,6 +20,11 @@ a prepared data set from which ``--holdout-series`` makes it again). For each mo
   never seen by training or threshold; its pneumonia images are validation's, in their folds.
 
 Each model's AUC per split, with its patient-bootstrap 95% interval, comes with them (threshold-free).
+``--pair BASELINE CANDIDATE`` (repeatable, one per seed) adds the candidate's differences from the baseline,
+AUC and each policy's cross-fitted sensitivity and specificity, with intervals from one patient bootstrap
+shared by both models (train/intervals.py), and their mean over the pairs: two models scored on the same
+images share most of their luck, so two overlapping intervals do not mean "no difference"; the paired
+interval says whether there is one. It covers which patients were drawn, not which seeds.
 model_best was still chosen on all of validation, so validation's own figures keep a small optimism;
 the series' normals carry none. Intervals are exact binomial (train/intervals.py). Writes JSON and a
 picture of specificity against sensitivity per split, one point per model and policy.
@@ -45,7 +52,13 @@ from cxr_jetson.networks.checkpoint import load_checkpoint, preprocess_spec
 from cxr_jetson.networks.model import model_from_checkpoint
 from cxr_jetson.train.dataset import CachedSplit, find_classes
 from cxr_jetson.train.hardware import select_device
-from cxr_jetson.train.intervals import auc_interval, patient_groups, proportion_interval
+from cxr_jetson.train.intervals import (
+    auc_interval,
+    paired_auc_difference,
+    paired_rate_difference,
+    patient_groups,
+    proportion_interval,
+)
 from cxr_jetson.train.metrics import choose_threshold, parse_policy
 from cxr_jetson.train.report import write_json
 from cxr_jetson.train.shift import TRAINING_PROXY
@@ -105,9 +118,10 @@ def rates(called: np.ndarray, targets: np.ndarray) -> Dict[str, float]:
     return result
 
 
-def score_policies(predictions: Dict[str, Tuple[np.ndarray, CachedSplit]], positive: int, policies: List[str],
-                   folds: int, seed: int) -> Dict[str, Dict]:
-    """Per policy: the shipped threshold, the folds' thresholds, and per split the cross-fitted rates."""
+def cross_fitted_calls(predictions: Dict[str, Tuple[np.ndarray, CachedSplit]], positive: int, policies: List[str],
+                       folds: int, seed: int) -> Dict[str, Dict]:
+    """Per policy: the shipped threshold, the folds' thresholds, and per split each image's cross-fitted call
+    (0/1) and target."""
     scores = {name: probabilities[:, positive] for name, (probabilities, _) in predictions.items()}
     targets = {name: (split.labels.numpy() == positive).astype(int) for name, (_, split) in predictions.items()}
     paths = {name: list(split.paths) for name, (_, split) in predictions.items()}
@@ -118,10 +132,21 @@ def score_policies(predictions: Dict[str, Tuple[np.ndarray, CachedSplit]], posit
     results = {}
     for policy in policies:
         per_fold = cross_fitted_thresholds(scores, targets, fold_index, policy, folds)
-        splits = {name: rates(is_positive(scores[name], per_fold[fold_index[name]]).astype(int), targets[name])
-                  for name in predictions}
         results[policy] = {"threshold": choose_threshold(pooled_scores, pooled_targets, policy),
-                           "fold_thresholds": per_fold.tolist(), "splits": splits}
+                           "fold_thresholds": per_fold.tolist(), "targets": targets,
+                           "calls": {name: is_positive(scores[name], per_fold[fold_index[name]]).astype(int)
+                                     for name in predictions}}
+    return results
+
+
+def score_policies(predictions: Dict[str, Tuple[np.ndarray, CachedSplit]], positive: int, policies: List[str],
+                   folds: int, seed: int) -> Dict[str, Dict]:
+    """Per policy: the shipped threshold, the folds' thresholds, and per split the cross-fitted rates."""
+    results = {}
+    for policy, decided in cross_fitted_calls(predictions, positive, policies, folds, seed).items():
+        results[policy] = {"threshold": decided["threshold"], "fold_thresholds": decided["fold_thresholds"],
+                           "splits": {name: rates(calls, decided["targets"][name])
+                                      for name, calls in decided["calls"].items()}}
     return results
 
 
@@ -144,9 +169,13 @@ def best_checkpoint(model_dir: str) -> str:
     return path
 
 
+Predictions = Dict[str, Tuple[np.ndarray, CachedSplit]]  # split -> (probabilities, its images)
+
+
 def score_model(model_dir: str, data: str, classes: List[str], device: torch.device, policies: List[str],
-                folds: int, seed: int, loaded: Dict[PreprocessSpec, Dict[str, CachedSplit]]) -> Dict:
-    """The policies on one model; ``loaded`` keeps the decoded splits of each preprocessing for the next."""
+                folds: int, seed: int, loaded: Dict[PreprocessSpec, Dict[str, CachedSplit]]) -> Tuple[Dict, Predictions]:
+    """The policies on one model, and its predictions (for paired comparisons); ``loaded`` keeps the decoded
+    splits of each preprocessing for the next model."""
     checkpoint = load_checkpoint(best_checkpoint(model_dir))
     positive = positive_index(classes, checkpoint.get("positive_class"))
     if positive is None:
@@ -156,9 +185,47 @@ def score_model(model_dir: str, data: str, classes: List[str], device: torch.dev
         loaded[spec] = load_everywhere(data, classes, spec, series=True)
     predictions = predict_everywhere(model_from_checkpoint(checkpoint), loaded[spec], spec, device)
     return {"epoch": checkpoint.get("epoch"), "shipped_threshold": checkpoint.get("threshold"),
-            "shipped_policy": checkpoint.get("threshold_policy"),
+            "shipped_policy": checkpoint.get("threshold_policy"), "positive": positive,
             "auc": auc_by_split(predictions, positive),
-            "policies": score_policies(predictions, positive, policies, folds, seed)}
+            "policies": score_policies(predictions, positive, policies, folds, seed)}, predictions
+
+
+def _difference(observed: float, low: float, high: float) -> Dict[str, float]:
+    return {"difference": observed, "low": low, "high": high}
+
+
+def compare_pairs(pairs: Sequence[Tuple[str, str]], predictions_of: Dict[str, Predictions], positive: int,
+                  policies: List[str], folds: int, seed: int) -> Dict[str, Dict]:
+    """Candidate minus baseline on every split: the AUC and, per policy, the cross-fitted sensitivity and
+    specificity, each with its paired patient-bootstrap 95% interval (train/intervals.py); for each pair and,
+    with several pairs (seeds), for their mean. Keyed ``BASELINE -> CANDIDATE`` and ``mean of N pairs``."""
+    calls_of = {model: cross_fitted_calls(predictions_of[model], positive, policies, folds, seed)
+                for pair in pairs for model in pair}
+    groups_of = {}
+    for name, (_, split) in predictions_of[pairs[0][0]].items():
+        for model in calls_of:
+            if list(predictions_of[model][name][1].paths) != list(split.paths):
+                raise ToolkitError(f"{model} was not scored on the same {name} images as {pairs[0][0]}")
+        groups_of[name] = patient_groups(split.paths)
+    comparisons = [(f"{baseline} -> {candidate}", [(baseline, candidate)]) for baseline, candidate in pairs]
+    if len(pairs) > 1:
+        comparisons.append((f"mean of {len(pairs)} pairs", list(pairs)))
+    results = {}
+    for label, chosen in comparisons:
+        per_split = {}
+        for name, groups in groups_of.items():
+            targets = calls_of[chosen[0][0]][policies[0]]["targets"][name]
+            scores = [np.stack([predictions_of[pair[side]][name][0][:, positive] for pair in chosen]) for side in (0, 1)]
+            entry = {"auc": _difference(*paired_auc_difference(*scores, targets, groups))}
+            for policy in policies:
+                right = [np.stack([calls_of[pair[side]][policy]["calls"][name] == targets for pair in chosen])
+                         for side in (0, 1)]
+                entry[policy] = {measure: _difference(*paired_rate_difference(right[0][:, kept], right[1][:, kept],
+                                                                              groups[kept]))
+                                 for measure, kept in (("sensitivity", targets == 1), ("specificity", targets == 0))}
+            per_split[name] = entry
+        results[label] = per_split
+    return results
 
 
 def scored_layout(requested: str, prefix: str, scratch: str) -> Tuple[str, List[str]]:
@@ -245,6 +312,56 @@ def plot(results: Dict[str, Dict], policies: List[str], path: str) -> None:
     plt.close(figure)
 
 
+def _signed(difference: Dict[str, float], digits: int) -> str:
+    return f"{difference['difference']:+.{digits}f} [{difference['low']:+.{digits}f}, {difference['high']:+.{digits}f}]"
+
+
+def _pair_label(label: str, names: Dict[str, str]) -> str:
+    models = label.split(" -> ")
+    return " -> ".join(names[model] for model in models) if len(models) == 2 else label
+
+
+def pairs_table(pairs: Dict[str, Dict], policies: List[str], names: Dict[str, str]) -> str:
+    """Per pair (and their mean): the AUC and each policy's sensitivity and specificity differences on the
+    shown splits, with their paired intervals."""
+    lines = [f"{'candidate minus baseline':<36}" + "".join(f"{name:>30}" for name in SHOWN)]
+    for label, per_split in pairs.items():
+        lines.append(_pair_label(label, names))
+        lines.append(f"{'  AUC':<36}" + "".join(f"{_signed(per_split[name]['auc'], 4):>30}" for name in SHOWN))
+        for policy in policies:
+            for measure in ("sensitivity", "specificity"):
+                lines.append(f"{'  ' + measure[:4] + ' at ' + policy:<36}"
+                             + "".join(f"{_signed(per_split[name][policy][measure], 3):>30}" for name in SHOWN))
+    return "\n".join(lines)
+
+
+def plot_pairs(pairs: Dict[str, Dict], policies: List[str], names: Dict[str, str], path: str) -> None:
+    """A forest plot per measure: each pair's (and the mean's) difference with its interval, per shown split."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = [("AUC", lambda entry: entry["auc"])] + [
+        (f"specificity at {policy}", lambda entry, policy=policy: entry[policy]["specificity"]) for policy in policies]
+    rows = [(label, name) for name in SHOWN for label in pairs]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.28 * len(rows) + 1.6), sharey=True)
+    colours = plt.get_cmap("tab10")(np.arange(len(pairs)) % 10)
+    for axis, (title, measure) in zip(np.atleast_1d(axes), panels):
+        for row, (label, name) in enumerate(rows):
+            difference = measure(pairs[label][name])
+            axis.errorbar(difference["difference"], row, xerr=[[difference["difference"] - difference["low"]],
+                                                               [difference["high"] - difference["difference"]]],
+                          fmt="D" if label.startswith("mean") else "o", capsize=2,
+                          color=colours[list(pairs).index(label)])
+        axis.axvline(0, color="grey", lw=0.8)
+        axis.set(title=f"{title}: candidate - baseline", xlabel="difference, paired 95% interval")
+        axis.grid(alpha=0.3)
+    axes = np.atleast_1d(axes)
+    axes[0].set_yticks(range(len(rows)), [f"{name}: {_pair_label(label, names)}" for label, name in rows], fontsize=7)
+    axes[0].invert_yaxis()
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
 def add_held_out_arguments(parser: argparse.ArgumentParser, output: str) -> None:
     """The arguments of a benchmark that scores model dirs on the held-out layout with cross-fitted folds
     (this one and bench/ensembles.py); ``output`` names the default JSON in bench/results."""
@@ -271,6 +388,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                  "never saw, over several trained models (seeds).")
     add_held_out_arguments(parser, "threshold_policies.json")
     parser.add_argument("--policies", default=DEFAULT_POLICIES, help="comma-separated train.py threshold policies")
+    parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("BASELINE", "CANDIDATE"),
+                        help="also report CANDIDATE minus BASELINE (two of the model dirs) with paired intervals; "
+                             "repeat for several seeds, whose mean difference is reported too")
     return parser
 
 
@@ -279,22 +399,38 @@ def main(args: argparse.Namespace) -> int:
     for policy in policies:
         parse_policy(policy)
     check_folds(args.folds)
-    model_names(args.model_dirs)
+    names = model_names(args.model_dirs)
     for model_dir in args.model_dirs:
         best_checkpoint(model_dir)
+    pairs = [tuple(pair) for pair in args.pair]
+    for model_dir in {model_dir for pair in pairs for model_dir in pair} - set(args.model_dirs):
+        raise ToolkitError(f"--pair {model_dir}: not one of the model dirs given; list it among them")
     device = select_device(args.device)
     with tempfile.TemporaryDirectory() as scratch:
         data, classes = scored_layout(args.data, args.holdout_series, scratch)
         loaded: Dict[PreprocessSpec, Dict[str, CachedSplit]] = {}
-        results = {model_dir: score_model(model_dir, data, classes, device, policies, args.folds, args.seed, loaded)
-                   for model_dir in args.model_dirs}
+        scored = {model_dir: score_model(model_dir, data, classes, device, policies, args.folds, args.seed, loaded)
+                  for model_dir in args.model_dirs}
+    results = {model_dir: result for model_dir, (result, _) in scored.items()}
     print(f"\ncross-fitted over {args.folds} validation folds; each cell is sensitivity / specificity")
     print(table(results, policies))
+    compared = {}
+    if pairs:
+        predictions_of = {model_dir: predictions for model_dir, (_, predictions) in scored.items()}
+        compared = compare_pairs(pairs, predictions_of, results[pairs[0][0]]["positive"], policies, args.folds,
+                                 args.seed)
+        print("\npaired differences, candidate minus baseline, with paired patient-bootstrap 95% intervals "
+              "(images, not seeds)")
+        print(pairs_table(compared, policies, names))
     write_json(args.output, {"machine": f"{describe()}, torch {torch.__version__}", "folds": args.folds,
-                             "seed": args.seed, "policies": policies, "results": results})
-    picture = os.path.splitext(args.output)[0] + ".png"
-    plot(results, policies, picture)
-    print(f"figures written to {args.output} and {picture}")
+                             "seed": args.seed, "policies": policies, "results": results, "pairs": compared})
+    stem = os.path.splitext(args.output)[0]
+    plot(results, policies, stem + ".png")
+    written = [args.output, stem + ".png"]
+    if compared:
+        plot_pairs(compared, policies, names, stem + "_pairs.png")
+        written.append(stem + "_pairs.png")
+    print("figures written to " + ", ".join(written))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from bench.threshold_policies import (
     validation_folds,
 )
 from cxr_jetson.core.errors import ToolkitError
+from cxr_jetson.core.names import BEST_CHECKPOINT
 from cxr_jetson.train.dataset import CachedSplit
 from cxr_jetson.train.metrics import choose_threshold
 
@@ -146,6 +148,51 @@ def test_the_command_scores_a_trained_model_on_every_split(trained_model_dir, pr
         assert SERIES_PROXY in scored["splits"] and VALIDATION in scored["splits"]
         assert all(0 <= r["accuracy"] <= 1 for r in scored["splits"].values())
     assert os.path.isfile(str(tmp_path / "policies.png"))
+
+
+def _perturbed_copy(model_dir: str, folder) -> str:
+    """A copy of the model whose classifier weights carry noise: it ranks the images differently."""
+    copy = str(folder / "perturbed")
+    shutil.copytree(model_dir, copy)
+    path = os.path.join(copy, BEST_CHECKPOINT)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    head = [key for key, value in checkpoint["state_dict"].items() if key.endswith("weight") and value.shape[0] == 2]
+    generator = torch.Generator().manual_seed(0)
+    weights = checkpoint["state_dict"][head[-1]]
+    weights += torch.randn(weights.shape, generator=generator) * weights.std() * 2
+    torch.save(checkpoint, path)
+    return copy
+
+
+def test_pairs_report_paired_differences_that_agree_with_each_models_figures(trained_model_dir, prepared_data,
+                                                                             tmp_path):
+    twin = str(tmp_path / "twin")
+    shutil.copytree(trained_model_dir, twin)
+    perturbed = _perturbed_copy(trained_model_dir, tmp_path)
+    output = str(tmp_path / "pairs.json")
+    args = get_args_parser().parse_args([trained_model_dir, twin, perturbed, "--data", prepared_data, "--folds", "2",
+                                         "--device", "cpu", "--policies", "youden", "--output", output,
+                                         "--pair", trained_model_dir, twin, "--pair", trained_model_dir, perturbed])
+    assert main(args) == 0
+    figures = json.load(open(output))
+    results, pairs = figures["results"], figures["pairs"]
+    assert set(pairs) == {f"{trained_model_dir} -> {twin}", f"{trained_model_dir} -> {perturbed}", "mean of 2 pairs"}
+    for split in (VALIDATION, SERIES_PROXY):
+        same = pairs[f"{trained_model_dir} -> {twin}"][split]
+        assert same["auc"]["difference"] == 0 and same["youden"]["specificity"]["difference"] == 0
+        changed = pairs[f"{trained_model_dir} -> {perturbed}"][split]
+        assert changed["auc"]["difference"] == pytest.approx(
+            results[perturbed]["auc"][split]["auc"] - results[trained_model_dir]["auc"][split]["auc"])
+        for measure in ("sensitivity", "specificity"):
+            assert changed["youden"][measure]["difference"] == pytest.approx(
+                results[perturbed]["policies"]["youden"]["splits"][split][measure]
+                - results[trained_model_dir]["policies"]["youden"]["splits"][split][measure])
+        assert pairs["mean of 2 pairs"][split]["auc"]["difference"] == pytest.approx(changed["auc"]["difference"] / 2)
+    assert any(pairs[f"{trained_model_dir} -> {perturbed}"][split]["auc"]["difference"] != 0
+               for split in (VALIDATION, SERIES_PROXY))
+    assert os.path.isfile(str(tmp_path / "pairs_pairs.png"))
+    with pytest.raises(ToolkitError, match="not one of the model dirs"):
+        main(get_args_parser().parse_args([trained_model_dir, "--pair", trained_model_dir, twin]))
 
 
 def test_a_model_dir_without_a_model_is_refused(tmp_path):

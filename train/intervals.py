@@ -8,6 +8,10 @@
   (data/patients.py): a patient's images are alike, and resampling them one by one would pretend
   there is more evidence than there is.
 
+- A difference between two models scored on the same images (a candidate recipe against the default)
+  gets its own interval from one patient bootstrap shared by both (``paired_*_difference``): what the
+  two have in common cancels, so a real gain can show where two separate intervals overlap.
+
 Intervals are stored beside each figure as ``<key>_low`` and ``<key>_high`` (metrics.json, history,
 the model card) for the registry's metrics that carry one (core/metric_registry.py).
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import stats
@@ -62,31 +66,87 @@ def _weighted_aucs(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray)
         return (weights[:, positive] * beaten[:, positive]).sum(1) / (positive_weight * negative_weight)
 
 
-def auc_interval(scores: np.ndarray, targets: np.ndarray, groups: Optional[np.ndarray] = None,
-                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> Tuple[float, float]:
-    """Percentile bootstrap 95% interval of the AUC of ``scores`` for 0/1 ``targets``, resampling ``groups``
-    (patients; default: images) with replacement; NaN for too few images of a class."""
-    scores, targets = np.asarray(scores, float), np.asarray(targets).astype(int)
-    if min(int(targets.sum()), int((1 - targets).sum())) < MIN_CLASS_IMAGES_FOR_AUC:
-        return _NAN_PAIR
-    groups = np.arange(len(targets)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+def _patient_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], groups: np.ndarray, resamples: int,
+                       seed: int) -> Tuple[float, float]:
+    """Percentile bootstrap 95% interval of ``statistic`` (image weights ``B x N`` -> ``B`` values), resampling the
+    ``groups`` (one index per image) with replacement; resamples whose statistic is undefined (NaN) are skipped."""
+    groups = np.unique(np.asarray(groups), return_inverse=True)[1]
     units = int(groups.max()) + 1
 
-    def resampled_aucs(chosen: np.ndarray, axis: int = -1) -> np.ndarray:
+    def resampled(chosen: np.ndarray, axis: int = -1) -> np.ndarray:
         chosen = np.moveaxis(np.atleast_2d(chosen), axis, -1)
         draws = np.zeros((chosen.shape[0], units))
         np.add.at(draws, (np.arange(chosen.shape[0])[:, None], chosen), 1.0)
-        return _weighted_aucs(scores, targets, draws[:, groups])
+        return statistic(draws[:, groups])
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a resample with one class has no AUC (NaN): nanpercentile below skips it
-        result = stats.bootstrap((np.arange(units),), resampled_aucs, vectorized=True, n_resamples=resamples,
+        result = stats.bootstrap((np.arange(units),), resampled, vectorized=True, n_resamples=resamples,
                                  batch=200, confidence_level=CONFIDENCE, method="percentile",
                                  random_state=np.random.default_rng(seed))
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if not (math.isfinite(low) and math.isfinite(high)):
         low, high = (float(v) for v in np.nanpercentile(result.bootstrap_distribution, [2.5, 97.5]))
     return low, high
+
+
+def _groups_or_images(groups: Optional[np.ndarray], count: int) -> np.ndarray:
+    return np.arange(count) if groups is None else np.asarray(groups)
+
+
+def _too_few_for_auc(targets: np.ndarray) -> bool:
+    return min(int(targets.sum()), int((1 - targets).sum())) < MIN_CLASS_IMAGES_FOR_AUC
+
+
+def auc_interval(scores: np.ndarray, targets: np.ndarray, groups: Optional[np.ndarray] = None,
+                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> Tuple[float, float]:
+    """Percentile bootstrap 95% interval of the AUC of ``scores`` for 0/1 ``targets``, resampling ``groups``
+    (patients; default: images) with replacement; NaN for too few images of a class."""
+    scores, targets = np.asarray(scores, float), np.asarray(targets).astype(int)
+    if _too_few_for_auc(targets):
+        return _NAN_PAIR
+    return _patient_bootstrap(lambda weights: _weighted_aucs(scores, targets, weights),
+                              _groups_or_images(groups, len(targets)), resamples, seed)
+
+
+def paired_auc_difference(baseline: np.ndarray, candidate: np.ndarray, targets: np.ndarray,
+                          groups: Optional[np.ndarray] = None, resamples: int = BOOTSTRAP_RESAMPLES,
+                          seed: int = 0) -> Tuple[float, float, float]:
+    """The candidate's AUC minus the baseline's on the same images, and its 95% interval from one patient
+    bootstrap shared by both (so what the two models have in common cancels, unlike two separate intervals).
+    ``baseline`` and ``candidate`` are scores of shape ``N`` or ``P x N`` (P pairs, e.g. seeds, on the same
+    images): the difference is then the mean over the pairs, resampled jointly; seed-to-seed variation is not
+    in the interval, only which patients were drawn. Too few images of a class: the interval is NaN."""
+    baseline, candidate = np.atleast_2d(np.asarray(baseline, float)), np.atleast_2d(np.asarray(candidate, float))
+    targets = np.asarray(targets).astype(int)
+
+    def mean_difference(weights: np.ndarray) -> np.ndarray:
+        return np.mean([_weighted_aucs(new, targets, weights) - _weighted_aucs(old, targets, weights)
+                        for old, new in zip(baseline, candidate)], axis=0)
+
+    with np.errstate(invalid="ignore"):
+        observed = float(mean_difference(np.ones((1, len(targets))))[0])  # NaN with one class only
+    if _too_few_for_auc(targets):
+        return (observed, *_NAN_PAIR)
+    return (observed, *_patient_bootstrap(mean_difference, _groups_or_images(groups, len(targets)), resamples, seed))
+
+
+def paired_rate_difference(baseline_right: np.ndarray, candidate_right: np.ndarray,
+                           groups: Optional[np.ndarray] = None, resamples: int = BOOTSTRAP_RESAMPLES,
+                           seed: int = 0) -> Tuple[float, float, float]:
+    """The candidate's rate of right calls minus the baseline's on the same images (for sensitivity, pass the
+    pneumonia images only; for specificity, the normals), with its 95% paired patient-bootstrap interval;
+    shapes and pairs as in paired_auc_difference. NaN without images."""
+    baseline_right = np.atleast_2d(np.asarray(baseline_right, float))
+    candidate_right = np.atleast_2d(np.asarray(candidate_right, float))
+    if baseline_right.shape[1] == 0:
+        return float("nan"), *_NAN_PAIR
+    gained = (candidate_right - baseline_right).mean(0)  # per image, the mean over the pairs
+    observed = float(gained.mean())
+    if not np.any(gained):
+        return observed, observed, observed  # no image decided differently: every resample agrees
+    return (observed, *_patient_bootstrap(lambda weights: weights @ gained / weights.sum(1),
+                                          _groups_or_images(groups, len(gained)), resamples, seed))
 
 
 def screening_intervals(metrics: Dict[str, float], scores: np.ndarray, targets: np.ndarray,
