@@ -353,11 +353,13 @@ def plot_pairs(pairs: Dict[str, Dict], policies: List[str], names: Dict[str, str
                           fmt="D" if label.startswith("mean") else "o", capsize=2,
                           color=colours[list(pairs).index(label)])
         axis.axvline(0, color="grey", lw=0.8)
-        axis.set(title=f"{title}: candidate - baseline", xlabel="difference, paired 95% interval")
+        axis.set(title=title, xlabel="candidate - baseline")
         axis.grid(alpha=0.3)
     axes = np.atleast_1d(axes)
     axes[0].set_yticks(range(len(rows)), [f"{name}: {_pair_label(label, names)}" for label, name in rows], fontsize=7)
     axes[0].invert_yaxis()
+    figure.suptitle("Paired differences with 95% intervals from one patient bootstrap for both models "
+                    "(the intervals cover which patients were drawn, not which seeds)", fontsize=9)
     figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
 
