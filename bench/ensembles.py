@@ -42,6 +42,7 @@ from bench.threshold_policies import (
     SERIES_PROXY,
     SHOWN,
     VALIDATION,
+    Predictions,
     add_held_out_arguments,
     auc_by_split,
     best_checkpoint,
@@ -57,7 +58,6 @@ from cxr_jetson.core.errors import ToolkitError
 from cxr_jetson.core.preprocess import PreprocessSpec, normalize
 from cxr_jetson.networks.checkpoint import load_checkpoint, preprocess_spec
 from cxr_jetson.networks.model import model_from_checkpoint
-from cxr_jetson.train.dataset import CachedSplit
 from cxr_jetson.train.hardware import select_device
 from cxr_jetson.train.metrics import DEFAULT_POLICY, parse_policy
 from cxr_jetson.train.report import write_json
@@ -118,8 +118,7 @@ def variant_network(views: Sequence[str], members: Dict[str, nn.Module]) -> nn.M
     return networks[0] if len(networks) == 1 else MeanProbabilities(networks)
 
 
-def combined_predictions(view_predictions: Dict[str, Dict[str, Tuple[np.ndarray, CachedSplit]]],
-                         views: Sequence[str]) -> Dict[str, Tuple[np.ndarray, CachedSplit]]:
+def combined_predictions(view_predictions: Dict[str, Predictions], views: Sequence[str]) -> Predictions:
     """Per split, the mean of the probabilities of ``views``: what variant_network gives, without running
     each member again for every variant it takes part in."""
     splits = view_predictions[views[0]]

@@ -67,6 +67,7 @@ VALIDATION = "val"
 POOLED = (VALIDATION, f"{VALIDATION}~{TRAINING_PROXY}")  # what train.py chooses its threshold on
 DEFAULT_POLICIES = "youden,sensitivity:0.98,sensitivity:0.97,sensitivity:0.96,sensitivity:0.95"
 SHOWN = (VALIDATION, f"{VALIDATION}~mixed", f"{VALIDATION}~resolution", SERIES_PROXY)  # the console table's
+Predictions = Dict[str, Tuple[np.ndarray, CachedSplit]]  # split -> (probabilities, its images)
 
 
 def validation_folds(paths: Sequence[str], targets: np.ndarray, folds: int, seed: int) -> Dict[str, int]:
@@ -118,7 +119,7 @@ def rates(called: np.ndarray, targets: np.ndarray) -> Dict[str, float]:
     return result
 
 
-def cross_fitted_calls(predictions: Dict[str, Tuple[np.ndarray, CachedSplit]], positive: int, policies: List[str],
+def cross_fitted_calls(predictions: Predictions, positive: int, policies: List[str],
                        folds: int, seed: int) -> Dict[str, Dict]:
     """Per policy: the shipped threshold, the folds' thresholds, and per split each image's cross-fitted call
     (0/1) and target."""
@@ -139,7 +140,7 @@ def cross_fitted_calls(predictions: Dict[str, Tuple[np.ndarray, CachedSplit]], p
     return results
 
 
-def score_policies(predictions: Dict[str, Tuple[np.ndarray, CachedSplit]], positive: int, policies: List[str],
+def score_policies(predictions: Predictions, positive: int, policies: List[str],
                    folds: int, seed: int) -> Dict[str, Dict]:
     """Per policy: the shipped threshold, the folds' thresholds, and per split the cross-fitted rates."""
     results = {}
@@ -150,7 +151,7 @@ def score_policies(predictions: Dict[str, Tuple[np.ndarray, CachedSplit]], posit
     return results
 
 
-def auc_by_split(predictions: Dict[str, Tuple[np.ndarray, CachedSplit]], positive: int) -> Dict[str, Dict]:
+def auc_by_split(predictions: Predictions, positive: int) -> Dict[str, Dict]:
     """AUC with its patient-bootstrap 95% interval on each split."""
     result = {}
     for name, (probabilities, split) in predictions.items():
@@ -169,11 +170,9 @@ def best_checkpoint(model_dir: str) -> str:
     return path
 
 
-Predictions = Dict[str, Tuple[np.ndarray, CachedSplit]]  # split -> (probabilities, its images)
-
-
 def score_model(model_dir: str, data: str, classes: List[str], device: torch.device, policies: List[str],
-                folds: int, seed: int, loaded: Dict[PreprocessSpec, Dict[str, CachedSplit]]) -> Tuple[Dict, Predictions]:
+                folds: int, seed: int,
+                loaded: Dict[PreprocessSpec, Dict[str, CachedSplit]]) -> Tuple[Dict, Predictions]:
     """The policies on one model, and its predictions (for paired comparisons); ``loaded`` keeps the decoded
     splits of each preprocessing for the next model."""
     checkpoint = load_checkpoint(best_checkpoint(model_dir))
@@ -405,8 +404,9 @@ def main(args: argparse.Namespace) -> int:
     for model_dir in args.model_dirs:
         best_checkpoint(model_dir)
     pairs = [tuple(pair) for pair in args.pair]
-    for model_dir in {model_dir for pair in pairs for model_dir in pair} - set(args.model_dirs):
-        raise ToolkitError(f"--pair {model_dir}: not one of the model dirs given; list it among them")
+    unlisted = sorted({model_dir for pair in pairs for model_dir in pair} - set(args.model_dirs))
+    if unlisted:
+        raise ToolkitError(f"--pair {unlisted[0]}: not one of the model dirs given; list it among them")
     device = select_device(args.device)
     with tempfile.TemporaryDirectory() as scratch:
         data, classes = scored_layout(args.data, args.holdout_series, scratch)
