@@ -143,8 +143,6 @@ def paired_rate_difference(baseline_right: np.ndarray, candidate_right: np.ndarr
         return float("nan"), *_NAN_PAIR
     gained = (candidate_right - baseline_right).mean(0)  # per image, the mean over the pairs
     observed = float(gained.mean())
-    if not np.any(gained):
-        return observed, observed, observed  # no image decided differently: every resample agrees
     return (observed, *_patient_bootstrap(lambda weights: weights @ gained / weights.sum(1),
                                           _groups_or_images(groups, len(gained)), resamples, seed))
 
