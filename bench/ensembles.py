@@ -16,7 +16,10 @@ out (the layout of bench/train_recipes.py, as for bench/threshold_policies.py). 
 
 Every variant is scored the same way: the AUC with its patient-bootstrap 95% interval, and sensitivity and
 specificity at the threshold policy (train.py's default unless ``--policy``) cross-fitted over validation's
-patient folds (bench/threshold_policies.py), on validation, each shift proxy and the unseen series. The
+patient folds (bench/threshold_policies.py), on validation, each shift proxy and the unseen series. What a
+view or member adds is judged on the same images, with paired intervals (one patient bootstrap for both
+sides): each mirror view against its model, the ensemble against each member and their mean, and the
+ensemble's mirror view against the ensemble (``pairs`` in the JSON, ``*_pairs.png``). The
 cost is each variant's batch-1 inference time on this machine, the variants timed in interleaved rounds
 in one process, as a ratio to one model alone; decoding and the rest of the device path are not
 repeated per view or member, so the end-to-end cost grows by less than this ratio.
@@ -47,7 +50,10 @@ from bench.threshold_policies import (
     auc_by_split,
     best_checkpoint,
     check_folds,
+    compare_pairs,
     model_names,
+    pairs_table,
+    plot_pairs,
     score_policies,
     scored_layout,
 )
@@ -118,6 +124,18 @@ def variant_network(views: Sequence[str], members: Dict[str, nn.Module]) -> nn.M
     return networks[0] if len(networks) == 1 else MeanProbabilities(networks)
 
 
+def variant_comparisons(names: Sequence[str]) -> Dict[str, List[Tuple[str, str]]]:
+    """What each added view or member is judged against on the same images, as (baseline, candidate) pairs:
+    every model's mirror view against the model alone; with two or more models, the ensemble against each
+    member (the pairs' mean: against the average single model) and its mirror view against the ensemble."""
+    comparisons = {"mirror view": [(name, name + MIRROR) for name in names]}
+    if len(names) > 1:
+        ensemble = f"{ENSEMBLE} of {len(names)}"
+        comparisons["ensemble"] = [(name, ensemble) for name in names]
+        comparisons["ensemble's mirror view"] = [(ensemble, ensemble + MIRROR)]
+    return comparisons
+
+
 def combined_predictions(view_predictions: Dict[str, Predictions], views: Sequence[str]) -> Predictions:
     """Per split, the mean of the probabilities of ``views``: what variant_network gives, without running
     each member again for every variant it takes part in."""
@@ -165,8 +183,9 @@ def load_members(model_dirs: Sequence[str]) -> Tuple[Dict[str, nn.Module], Prepr
 
 
 def score_variants(model_dirs: Sequence[str], data: str, classes_wanted: List[str], policy: str, folds: int,
-                   seed: int, repeats: int, device: torch.device) -> Dict:
-    """Every variant's AUC and cross-fitted rates per split, and its batch-1 inference cost."""
+                   seed: int, repeats: int, device: torch.device) -> Tuple[Dict, Dict]:
+    """Every variant's AUC and cross-fitted rates per split with its batch-1 inference cost, and the paired
+    differences of variant_comparisons (bench.threshold_policies.compare_pairs)."""
     members, spec, classes, positive = load_members(model_dirs)
     if classes != classes_wanted:
         raise ToolkitError(f"the models' classes {classes} are not the data's {classes_wanted}")
@@ -177,13 +196,16 @@ def score_variants(model_dirs: Sequence[str], data: str, classes_wanted: List[st
     networks = {name: variant_network(variant, members).cpu() for name, variant in parts.items()}
     costs = inference_costs(networks, normalize(splits[VALIDATION].images[:1].numpy(), spec), repeats)
     alone = float(np.mean([costs[name] for name in members]))
-    results = {}
-    for name, variant in parts.items():
-        predictions = combined_predictions(view_predictions, variant)
-        results[name] = {"views": len(variant), "ms_per_image": costs[name], "cost_ratio": costs[name] / alone,
-                         "auc": auc_by_split(predictions, positive),
-                         **score_policies(predictions, positive, [policy], folds, seed)[policy]}
-    return results
+    predictions_of = {name: combined_predictions(view_predictions, variant) for name, variant in parts.items()}
+    results = {name: {"views": len(variant), "ms_per_image": costs[name], "cost_ratio": costs[name] / alone,
+                      "auc": auc_by_split(predictions_of[name], positive),
+                      **score_policies(predictions_of[name], positive, [policy], folds, seed)[policy]}
+               for name, variant in parts.items()}
+    pairs = {}
+    for title, chosen in variant_comparisons(list(members)).items():
+        pairs.update(compare_pairs(chosen, predictions_of, positive, [policy], folds, seed,
+                                   mean_label=f"{title}: mean of {len(chosen)} pairs"))
+    return results, pairs
 
 
 def _singles_first(name: str) -> Tuple[bool, str]:
@@ -259,17 +281,21 @@ def main(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     with tempfile.TemporaryDirectory() as scratch:
         data, classes = scored_layout(args.data, args.holdout_series, scratch)
-        results = score_variants(args.model_dirs, data, classes, args.policy, args.folds, args.seed, args.repeats,
-                                 device)
+        results, pairs = score_variants(args.model_dirs, data, classes, args.policy, args.folds, args.seed,
+                                        args.repeats, device)
     print(f"\nAUC, and at {args.policy} cross-fitted over {args.folds} validation folds, sensitivity / specificity; "
           f"cost: batch-1 inference against one model alone")
     print(table(results, args.policy))
+    variants = {name: name for name in results}  # variants are named already; pairs_table renames model dirs
+    print("\npaired differences, candidate minus baseline, with paired patient-bootstrap 95% intervals")
+    print(pairs_table(pairs, [args.policy], variants))
     write_json(args.output, {"machine": f"{describe()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
                              "models": list(args.model_dirs), "policy": args.policy, "folds": args.folds,
-                             "seed": args.seed, "repeats": args.repeats, "results": results})
-    picture = os.path.splitext(args.output)[0] + ".png"
-    plot(results, args.policy, picture)
-    print(f"figures written to {args.output} and {picture}")
+                             "seed": args.seed, "repeats": args.repeats, "results": results, "pairs": pairs})
+    stem = os.path.splitext(args.output)[0]
+    plot(results, args.policy, stem + ".png")
+    plot_pairs(pairs, [args.policy], variants, stem + "_pairs.png")
+    print(f"figures written to {args.output}, {stem}.png and {stem}_pairs.png")
     return 0
 
 

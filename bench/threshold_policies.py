@@ -194,10 +194,11 @@ def _difference(observed: float, low: float, high: float) -> Dict[str, float]:
 
 
 def compare_pairs(pairs: Sequence[Tuple[str, str]], predictions_of: Dict[str, Predictions], positive: int,
-                  policies: List[str], folds: int, seed: int) -> Dict[str, Dict]:
+                  policies: List[str], folds: int, seed: int, mean_label: str = "") -> Dict[str, Dict]:
     """Candidate minus baseline on every split: the AUC and, per policy, the cross-fitted sensitivity and
     specificity, each with its paired patient-bootstrap 95% interval (train/intervals.py); for each pair and,
-    with several pairs (seeds), for their mean. Keyed ``BASELINE -> CANDIDATE`` and ``mean of N pairs``."""
+    with several pairs (seeds), for their mean. Keyed ``BASELINE -> CANDIDATE`` and ``mean_label`` (default
+    ``mean of N pairs``)."""
     calls_of = {model: cross_fitted_calls(predictions_of[model], positive, policies, folds, seed)
                 for pair in pairs for model in pair}
     groups_of = {}
@@ -208,7 +209,7 @@ def compare_pairs(pairs: Sequence[Tuple[str, str]], predictions_of: Dict[str, Pr
         groups_of[name] = patient_groups(split.paths)
     comparisons = [(f"{baseline} -> {candidate}", [(baseline, candidate)]) for baseline, candidate in pairs]
     if len(pairs) > 1:
-        comparisons.append((f"mean of {len(pairs)} pairs", list(pairs)))
+        comparisons.append((mean_label or f"mean of {len(pairs)} pairs", list(pairs)))
     results = {}
     for label, chosen in comparisons:
         per_split = {}
@@ -349,7 +350,7 @@ def plot_pairs(pairs: Dict[str, Dict], policies: List[str], names: Dict[str, str
             difference = measure(pairs[label][name])
             axis.errorbar(difference["difference"], row, xerr=[[difference["difference"] - difference["low"]],
                                                                [difference["high"] - difference["difference"]]],
-                          fmt="D" if label.startswith("mean") else "o", capsize=2,
+                          fmt="D" if "mean of" in label else "o", capsize=2,
                           color=colours[list(pairs).index(label)])
         axis.axvline(0, color="grey", lw=0.8)
         axis.set(title=title, xlabel="candidate - baseline")

@@ -29,6 +29,7 @@ from cxr_jetson.core.names import BEST_CHECKPOINT
 from cxr_jetson.core.preprocess import PreprocessSpec
 from cxr_jetson.train.dataset import CachedSplit
 from cxr_jetson.train.loop import predict_probabilities
+from cxr_jetson.train.metrics import DEFAULT_POLICY
 
 
 def _small_classifier(seed: int) -> nn.Module:
@@ -117,6 +118,25 @@ def test_the_command_scores_single_models_mirror_views_and_their_ensemble(traine
         assert results[f"{ENSEMBLE} of 2"]["splits"][split] == pytest.approx(results[name]["splits"][split])
     assert results[f"{ENSEMBLE} of 2{MIRROR}"]["views"] == 4
     assert os.path.isfile(str(tmp_path / "ensembles.png"))
+    pairs = json.load(open(output))["pairs"]
+    assert set(pairs) == {f"{name} -> {name}{MIRROR}", f"twin -> twin{MIRROR}", "mirror view: mean of 2 pairs",
+                          f"{name} -> {ENSEMBLE} of 2", f"twin -> {ENSEMBLE} of 2", "ensemble: mean of 2 pairs",
+                          f"{ENSEMBLE} of 2 -> {ENSEMBLE} of 2{MIRROR}"}
+    for split in (VALIDATION, SERIES_PROXY):
+        # the ensemble of two copies decides as each of them: nothing gained, nothing lost, on any resample
+        same = pairs["ensemble: mean of 2 pairs"][split]
+        assert same["auc"]["difference"] == 0.0  # (this small set has too few images of a class for its interval)
+        assert same[DEFAULT_POLICY]["specificity"] == {"difference": 0.0, "low": 0.0, "high": 0.0}
+        # the mirror view's paired difference is the difference of the two variants' own figures
+        mirror = pairs[f"{name} -> {name}{MIRROR}"][split]
+        assert mirror["auc"]["difference"] == pytest.approx(
+            results[name + MIRROR]["auc"][split]["auc"] - results[name]["auc"][split]["auc"])
+        for measure in ("sensitivity", "specificity"):
+            assert mirror[DEFAULT_POLICY][measure]["difference"] == pytest.approx(
+                results[name + MIRROR]["splits"][split][measure] - results[name]["splits"][split][measure])
+            assert mirror[DEFAULT_POLICY][measure]["low"] <= mirror[DEFAULT_POLICY][measure]["difference"] \
+                <= mirror[DEFAULT_POLICY][measure]["high"]
+    assert os.path.isfile(str(tmp_path / "ensembles_pairs.png"))
 
 
 def test_members_of_different_preprocessing_are_refused(trained_model_dir, prepared_data, tmp_path):
