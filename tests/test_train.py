@@ -193,8 +193,9 @@ def test_epochs_validate_under_autocast_and_the_shipped_threshold_is_fp32s(tmp_p
     probabilities = np.concatenate([predict_probabilities(model, split, spec, "cpu", 8, False) for split in splits])
     targets = np.concatenate([split.labels.numpy() for split in splits])
     fp32_threshold = choose_threshold(probabilities[:, 1], targets, best["threshold_policy"])
-    assert best["threshold"] == pytest.approx(fp32_threshold, abs=1e-6)  # memory layout only; bf16 moves ~1e-3
-    assert best["history"][0]["threshold"] != pytest.approx(fp32_threshold, abs=1e-6)
+    # relative: a one-epoch model's threshold can be a probability of 3e-4, where bf16 moves it by ~2e-7 only
+    assert best["threshold"] == pytest.approx(fp32_threshold, rel=1e-4)  # memory layout only; bf16 moves ~1e-3
+    assert best["history"][0]["threshold"] != pytest.approx(fp32_threshold, rel=1e-4)
     evaluated = json.load(open(os.path.join(model_dir, "eval_val", "metrics.json")))["metrics"]
     for key in ("tp", "fp", "tn", "fn"):
         assert evaluated[key] == best["val_metrics"][key], key
