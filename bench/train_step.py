@@ -27,56 +27,52 @@ from cxr_jetson.core.cli import run_cli
 from cxr_jetson.core.errors import ToolkitError
 from cxr_jetson.networks.model import build_model
 from cxr_jetson.train.args import DEFAULTS
-from cxr_jetson.train.augment import AUGMENTATIONS, augment_batch
+from cxr_jetson.train.augment import AUGMENTATIONS
 from cxr_jetson.train.config import preprocessing, resolve
-from cxr_jetson.train.hardware import keep_freed_memory, select_amp, select_device
-from cxr_jetson.train.optim import make_optimizer
+from cxr_jetson.train.hardware import grad_scaler, keep_freed_memory, select_amp, select_device
+from cxr_jetson.train.loop import StepSettings, training_step
+from cxr_jetson.train.optim import Schedule, make_optimizer
+from cxr_jetson.train.state import TrainingRun
 
 PHASES = ("augment", "forward", "backward", "optimizer")
 CONVOLUTIONS = ("aten::mkldnn_convolution", "aten::convolution_backward")
 
 
 class DefaultStep:
-    """train.py's default training step on random images, each phase timed apart."""
+    """train.py's default training step (train/loop.py training_step) on random images, each phase timed apart."""
 
     def __init__(self, batch_size: int, device: torch.device) -> None:
         torch.manual_seed(0)
         # the defaults as a one-process run resolves them (learning rate, resolution of the architecture)
         self.config = resolve(dataclasses.replace(DEFAULTS, batch_size=batch_size), 1, None, drawn_seed=0)
-        self.device, self.amp_dtype = device, select_amp(self.config.amp, device)
+        self.device, amp_dtype = device, select_amp(self.config.amp, device)
         self.spec = preprocessing(self.config, None)
         # untrained weights: what a step costs does not depend on them
         self.model = build_model(self.config.arch, 2, head_dropout=self.config.head_dropout).to(device)
         if self.config.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(self.config, [{"params": self.model.parameters()}])
-        self.criterion = nn.CrossEntropyLoss()
+        optimizer = make_optimizer(self.config, [{"params": self.model.parameters()}])
+        self.run = TrainingRun(model=self.model, criterion=nn.CrossEntropyLoss(), optimizer=optimizer,
+                               scheduler=Schedule(self.config, optimizer, steps_per_epoch=1000),
+                               scaler=grad_scaler(device, amp_dtype), generator=torch.Generator().manual_seed(0),
+                               best={})
+        self.settings = StepSettings(self.spec, AUGMENTATIONS[self.config.augment], device, batch_size, amp_dtype,
+                                     self.config.channels_last, print_freq=0, mixup=self.config.mixup)
         side = self.config.resolution
         self.images = torch.randint(0, 256, (batch_size, side, side), dtype=torch.uint8, device=device)
         self.targets = torch.randint(0, 2, (batch_size,), device=device)
-        self.generator = torch.Generator().manual_seed(0)
 
-    def _mark(self) -> float:
+    def _mark(self, marks: List[float]) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # a GPU phase ends when its kernels do, not when they are queued
-        return time.perf_counter()
+        marks.append(time.perf_counter())
 
     def __call__(self) -> Dict[str, float]:
         """One step; milliseconds per phase."""
-        marks = [self._mark()]
-        inputs = augment_batch(self.images, self.spec, AUGMENTATIONS[self.config.augment], self.generator)
-        if self.config.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        marks.append(self._mark())
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            loss = self.criterion(self.model(inputs).float(), self.targets)
-        marks.append(self._mark())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        marks.append(self._mark())
-        self.optimizer.step()
-        marks.append(self._mark())
+        marks: List[float] = []
+        self._mark(marks)
+        self.model.train()
+        training_step(self.model, self.run, self.images, self.targets, self.settings, lambda: self._mark(marks))
         return {phase: (end - start) * 1000.0 for phase, start, end in zip(PHASES, marks, marks[1:])}
 
 
@@ -133,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
     step = DefaultStep(args.batch_size, device)
     medians = time_phases(step, args.steps)
     print(f"{describe()}, torch {torch.__version__}, {torch.get_num_threads()} threads; device {device}, "
-          f"autocast {step.amp_dtype}, channels_last {step.config.channels_last}, batch {args.batch_size}")
+          f"autocast {step.settings.amp_dtype}, channels_last {step.config.channels_last}, batch {args.batch_size}")
     print("median ms per step: " + ", ".join(f"{phase} {medians[phase]:.0f}" for phase in (*PHASES, "step"))
           + f"  ({args.batch_size * 1000.0 / medians['step']:.1f} images/s)")
     if args.profile:

@@ -7,6 +7,7 @@ import torch
 from bench.train_step import CONVOLUTIONS, PHASES, DefaultStep, get_args_parser, main, profiled_operators, time_phases
 from cxr_jetson.core.errors import ToolkitError
 from cxr_jetson.train.args import DEFAULTS
+from cxr_jetson.train.loop import training_step
 
 
 def test_the_step_is_train_pys_default_and_updates_the_weights():
@@ -17,6 +18,15 @@ def test_the_step_is_train_pys_default_and_updates_the_weights():
     timings = step()
     assert set(timings) == set(PHASES) and all(value > 0 for value in timings.values())
     assert not torch.equal(before, step.model.fc.weight)
+
+
+def test_the_timed_step_is_the_trainers_own_with_one_mark_per_phase():
+    step = DefaultStep(batch_size=2, device=torch.device("cpu"))
+    marks = []
+    loss, outputs = training_step(step.model, step.run, step.images, step.targets, step.settings,
+                                  lambda: marks.append(len(marks)))
+    assert marks == list(range(len(PHASES)))
+    assert outputs.shape == (2, 2) and torch.isfinite(loss)
 
 
 def test_phases_add_up_to_the_step_and_the_profile_lists_every_convolution_and_the_costliest_others():

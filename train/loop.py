@@ -5,7 +5,7 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -97,9 +97,17 @@ def mixup_pairs(count: int, alpha: float, generator: torch.Generator) -> Tuple[f
     return weight, torch.randperm(count, generator=generator)
 
 
-def _step(model: nn.Module, run: "TrainingRun", images: torch.Tensor, targets: torch.Tensor,
-          settings: StepSettings) -> tuple:
-    """Augment, forward, backward, update; returns the (loss, outputs) of the batch."""
+def _no_mark() -> None:
+    pass
+
+
+def training_step(model: nn.Module, run: "TrainingRun", images: torch.Tensor, targets: torch.Tensor,
+                  settings: StepSettings, phase_done: Callable[[], None] = _no_mark) -> tuple:
+    """Augment, forward, backward, update; returns the (loss, outputs) of the batch.
+
+    ``phase_done`` is called as each of the four phases ends, so that bench/train_step.py times this very
+    step rather than a copy of it.
+    """
     inputs = augment_batch(images, settings.spec, settings.augment, run.generator)
     weight, partners = mixup_pairs(len(inputs), settings.mixup, run.generator)
     if partners is not None:
@@ -107,21 +115,26 @@ def _step(model: nn.Module, run: "TrainingRun", images: torch.Tensor, targets: t
         inputs = weight * inputs + (1.0 - weight) * inputs[partners]
     if settings.channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
+    phase_done()
     with _autocast(settings.device, settings.amp_dtype):
         outputs = model(inputs)
         logits = outputs.float()
         loss = run.criterion(logits, targets)
         if partners is not None:
             loss = weight * loss + (1.0 - weight) * run.criterion(logits, targets[partners])
+    phase_done()
     run.optimizer.zero_grad(set_to_none=True)
     if run.scaler is not None:
         run.scaler.scale(loss).backward()
+        phase_done()
         run.scaler.step(run.optimizer)
         run.scaler.update()
     else:
         loss.backward()
+        phase_done()
         run.optimizer.step()
     run.scheduler.after_batch()
+    phase_done()
     return loss.detach(), outputs
 
 
@@ -148,7 +161,7 @@ def train_one_epoch(model: nn.Module, split: CachedSplit, run: "TrainingRun", ep
         step_start = time.perf_counter()
         index = order[step * batch_size:(step + 1) * batch_size]
         targets = _to_device(split.labels[index], device)
-        batch_loss, outputs = _step(model, run, _to_device(split.images[index], device), targets, settings)
+        batch_loss, outputs = training_step(model, run, _to_device(split.images[index], device), targets, settings)
         count = len(index)
         batch_correct = (outputs.argmax(1) == targets).sum()
         total_loss += batch_loss.double() * count
